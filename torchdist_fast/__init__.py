@@ -1,0 +1,23 @@
+"""torchdist_fast: fused Philox / Normal kernels behind a drop-in torch.distributions.Normal."""
+from . import ops  # noqa: F401  (registers torch.ops.torchdist_fast.*)
+from .backend import (
+    cpu_kernel,
+    cpu_sampling,
+    get_cpu_kernel,
+    get_cpu_sampling,
+    set_cpu_kernel,
+    set_cpu_sampling,
+)
+from .functional import randn
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "randn",
+    "cpu_kernel",
+    "cpu_sampling",
+    "get_cpu_kernel",
+    "get_cpu_sampling",
+    "set_cpu_kernel",
+    "set_cpu_sampling",
+]

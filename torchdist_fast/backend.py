@@ -1,0 +1,82 @@
+"""Which implementation runs where.
+
+Two settings, each with an environment variable (read at import), a setter and a context manager:
+
+``cpu_kernel`` (``TORCHDIST_FAST_CPU_KERNEL``): what the ops run on CPU tensors.
+    "reference" (default): the pure-torch reference.
+    "triton": the Triton kernels themselves, through Triton's interpreter. Needs
+    ``TRITON_INTERPRET=1`` in the environment before triton is imported; this is how the GPU
+    kernels are tested on machines without a GPU.
+
+``cpu_sampling`` (``TORCHDIST_FAST_CPU_SAMPLING``): how ``torchdist_fast.Normal`` draws on CPU.
+    "torch" (default): exactly as ``torch.distributions.Normal`` (same generator, same numbers).
+    "philox": the Philox ops, the stream the GPU kernels draw for the same (seed, offset).
+CUDA tensors always use the Triton kernels.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+CPU_KERNELS = ("reference", "triton")
+CPU_SAMPLINGS = ("torch", "philox")
+
+
+def _validated(name: str, value: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    if name == "cpu_kernel" and value == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            "cpu_kernel='triton' runs the Triton kernels on CPU tensors through Triton's interpreter: "
+            "set TRITON_INTERPRET=1 in the environment before starting Python"
+        )
+    return value
+
+
+_settings = {
+    "cpu_kernel": _validated("cpu_kernel", os.environ.get("TORCHDIST_FAST_CPU_KERNEL", "reference"), CPU_KERNELS),
+    "cpu_sampling": _validated("cpu_sampling", os.environ.get("TORCHDIST_FAST_CPU_SAMPLING", "torch"), CPU_SAMPLINGS),
+}
+
+
+def get_cpu_kernel() -> str:
+    return _settings["cpu_kernel"]
+
+
+def set_cpu_kernel(value: str) -> None:
+    _settings["cpu_kernel"] = _validated("cpu_kernel", value, CPU_KERNELS)
+
+
+def get_cpu_sampling() -> str:
+    return _settings["cpu_sampling"]
+
+
+def set_cpu_sampling(value: str) -> None:
+    _settings["cpu_sampling"] = _validated("cpu_sampling", value, CPU_SAMPLINGS)
+
+
+@contextlib.contextmanager
+def _setting(name: str, value: str, choices):
+    old = _settings[name]
+    _settings[name] = _validated(name, value, choices)
+    try:
+        yield
+    finally:
+        _settings[name] = old
+
+
+def cpu_kernel(value: str):
+    """Context manager: ``with torchdist_fast.cpu_kernel("triton"): ...``."""
+    return _setting("cpu_kernel", value, CPU_KERNELS)
+
+
+def cpu_sampling(value: str):
+    """Context manager: ``with torchdist_fast.cpu_sampling("philox"): ...``."""
+    return _setting("cpu_sampling", value, CPU_SAMPLINGS)
+
+
+def uses_triton(device: torch.device) -> bool:
+    """True where the ops run the Triton kernels: CUDA, and CPU under cpu_kernel='triton'."""
+    return device.type == "cuda" or (device.type == "cpu" and _settings["cpu_kernel"] == "triton")

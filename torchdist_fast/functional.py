@@ -1,0 +1,58 @@
+"""Public functions over the ops: ``randn`` and the draw of a stream position."""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from . import ops  # noqa: F401  (registers torch.ops.torchdist_fast)
+from .rng import check_generator
+
+
+def counters_for(numel) -> int:
+    """Philox counters a draw of ``numel`` normals consumes: 4 normals per counter."""
+    return (numel + 3) // 4
+
+
+def draw_seed_offset(device: torch.device, numel, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Take a stream position for ``numel`` normals from ``generator`` (or the device default)."""
+    check_generator(generator, device)
+    return torch.ops.torchdist_fast.draw_seed_offset(device, counters_for(numel), generator)
+
+
+def _parse_size(size) -> tuple:
+    if len(size) == 1 and isinstance(size[0], (tuple, list, torch.Size)):
+        size = tuple(size[0])
+    for i, s in enumerate(size):
+        if isinstance(s, bool) or not isinstance(s, (numbers.Integral, torch.SymInt)):
+            raise TypeError(f"randn(): argument 'size' must be tuple of ints, but found element of type {type(s).__name__} at pos {i}")
+        if s < 0:
+            raise RuntimeError(f"Trying to create tensor with negative dimension {s}: {list(size)}")
+    return tuple(size)
+
+
+def randn(*size, generator: torch.Generator | None = None, dtype: torch.dtype | None = None,
+          device=None, requires_grad: bool = False) -> torch.Tensor:
+    """Standard normals from the Philox stream, like ``torch.randn``.
+
+    ``generator`` (else the default generator of ``device``) supplies (seed, offset) and is
+    advanced by ceil(numel / 4) counters; see README "Random numbers".
+    """
+    size = _parse_size(size)
+    dtype = dtype if dtype is not None else torch.get_default_dtype()
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"randn(): argument 'dtype' must be torch.dtype, not {type(dtype).__name__}")
+    if dtype not in ops.FLOAT_DTYPES:
+        raise RuntimeError(f"torchdist_fast.randn: unsupported dtype {dtype}; use float32, float64, float16 or bfloat16")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"randn(): argument 'generator' must be torch.Generator, not {type(generator).__name__}")
+    if device is None:
+        device = generator.device if generator is not None else torch.get_default_device()
+    device = torch.device(device)
+    check_generator(generator, device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    seed_offset = draw_seed_offset(device, math.prod(size), generator)
+    out = torch.ops.torchdist_fast.philox_randn(list(size), seed_offset, dtype, device)
+    return out.requires_grad_(requires_grad) if requires_grad else out

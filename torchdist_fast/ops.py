@@ -1,0 +1,225 @@
+"""The ``torch.ops.torchdist_fast`` custom ops: registration, checks, fake and autograd kernels.
+
+Each op has one implementation that picks, by device, the Triton launcher
+(``triton_kernels/``) or the reference (``reference.py``); see ``backend.uses_triton``.
+Random ops take their stream position as a CPU int64 tensor ``seed_offset = [seed, offset]``
+drawn by ``draw_seed_offset`` (the only op that touches a generator, tagged
+``nondeterministic_seeded`` so the compiler neither merges nor reorders it). Every other op is
+a pure function of its inputs, which is what lets backward and checkpoint regenerate noise.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import reference, rng
+from .backend import uses_triton
+
+FLOAT_DTYPES = reference.FLOAT_DTYPES
+
+
+def _triton():
+    # imported on first use so the package imports (and runs on CPU) without triton
+    from .triton_kernels import normal_log_prob, normal_rsample, philox
+
+    return philox, normal_rsample, normal_log_prob
+
+
+def check_params(*tensors: torch.Tensor) -> None:
+    """Same device and one floating dtype, with torch's error types and wording."""
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        a, b = sorted(map(str, devices))[:2]
+        raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, {a} and {b}!")
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1:
+        raise RuntimeError(f"torchdist_fast: expected tensors of one dtype, got {sorted(map(str, dtypes))}")
+    dtype = tensors[0].dtype
+    if dtype not in FLOAT_DTYPES:
+        raise RuntimeError(f"torchdist_fast: expected a floating dtype (float32, float64, float16, bfloat16), got {dtype}")
+
+
+def check_shape(shape, what: str) -> tuple:
+    shape = tuple(shape)
+    for s in shape:
+        if s < 0:
+            raise RuntimeError(f"Trying to create tensor with negative dimension {s}: {list(shape)}")
+    return shape
+
+
+# ---------------------------------------------------------------------------- generator
+@torch.library.custom_op(
+    "torchdist_fast::draw_seed_offset", mutates_args=(),
+    schema="(Device device, SymInt counters, Generator? generator=None) -> Tensor",
+    tags=(torch.Tag.nondeterministic_seeded,),
+)
+def draw_seed_offset(device, counters, generator=None):
+    return rng.take_seed_offset(device, counters, generator)
+
+
+@draw_seed_offset.register_fake
+def _(device, counters, generator=None):
+    return torch.empty(2, dtype=torch.int64, device="cpu")
+
+
+# ---------------------------------------------------------------------------- philox_randn
+@torch.library.custom_op(
+    "torchdist_fast::philox_randn", mutates_args=(),
+    schema="(SymInt[] size, Tensor seed_offset, ScalarType dtype, Device device) -> Tensor",
+)
+def philox_randn(size, seed_offset, dtype, device):
+    size = check_shape(size, "size")
+    if dtype not in FLOAT_DTYPES:
+        raise RuntimeError(f"torchdist_fast.philox_randn: unsupported dtype {dtype}; use float32, float64, float16 or bfloat16")
+    seed, offset = rng.unpack_seed_offset(seed_offset)
+    device = torch.device(device)
+    if uses_triton(device):
+        return _triton()[0].philox_randn(size, seed, offset, dtype, device)
+    return reference.philox_randn(size, seed, offset, dtype, device)
+
+
+@philox_randn.register_fake
+def _(size, seed_offset, dtype, device):
+    return torch.empty(size, dtype=dtype, device=device)
+
+
+# ---------------------------------------------------------------------------- rsample
+def _rsample_shape(loc, scale, sample_shape):
+    return check_shape(sample_shape, "sample_shape") + tuple(torch.broadcast_shapes(loc.shape, scale.shape))
+
+
+def _rsample(loc, scale, sample_shape, seed_offset, with_log_prob):
+    check_params(loc, scale)
+    _rsample_shape(loc, scale, sample_shape)
+    seed, offset = rng.unpack_seed_offset(seed_offset)
+    if uses_triton(loc.device):
+        return _triton()[1].normal_rsample_fwd(loc, scale, sample_shape, seed, offset, with_log_prob)
+    return reference.normal_rsample(loc, scale, sample_shape, seed, offset, with_log_prob)
+
+
+_RSAMPLE_SCHEMA = "(Tensor loc, Tensor scale, SymInt[] sample_shape, Tensor seed_offset) -> Tensor"
+
+
+@torch.library.custom_op("torchdist_fast::normal_rsample", mutates_args=(), schema=_RSAMPLE_SCHEMA)
+def normal_rsample(loc, scale, sample_shape, seed_offset):
+    return _rsample(loc, scale, sample_shape, seed_offset, with_log_prob=False)
+
+
+@torch.library.custom_op("torchdist_fast::normal_sample", mutates_args=(), schema=_RSAMPLE_SCHEMA)
+def normal_sample(loc, scale, sample_shape, seed_offset):
+    """normal_rsample without autograd (the same kernel)."""
+    return _rsample(loc, scale, sample_shape, seed_offset, with_log_prob=False)
+
+
+@torch.library.custom_op(
+    "torchdist_fast::normal_rsample_log_prob", mutates_args=(),
+    schema="(Tensor loc, Tensor scale, SymInt[] sample_shape, Tensor seed_offset) -> (Tensor, Tensor)",
+)
+def normal_rsample_log_prob(loc, scale, sample_shape, seed_offset):
+    return _rsample(loc, scale, sample_shape, seed_offset, with_log_prob=True)
+
+
+@normal_rsample.register_fake
+def _(loc, scale, sample_shape, seed_offset):
+    return loc.new_empty(_rsample_shape(loc, scale, sample_shape))
+
+
+@normal_sample.register_fake
+def _(loc, scale, sample_shape, seed_offset):
+    return loc.new_empty(_rsample_shape(loc, scale, sample_shape))
+
+
+@normal_rsample_log_prob.register_fake
+def _(loc, scale, sample_shape, seed_offset):
+    shape = _rsample_shape(loc, scale, sample_shape)
+    return loc.new_empty(shape), loc.new_empty(shape)
+
+
+@torch.library.custom_op(
+    "torchdist_fast::normal_rsample_backward", mutates_args=(),
+    schema="(Tensor? grad_z, Tensor? grad_log_prob, Tensor scale, Tensor seed_offset) -> Tensor",
+)
+def normal_rsample_backward(grad_z, grad_log_prob, scale, seed_offset):
+    """grad_scale of normal_rsample(_log_prob), regenerating eps; reduced to scale.shape."""
+    if grad_z is None and grad_log_prob is None:
+        return torch.zeros_like(scale)
+    seed, offset = rng.unpack_seed_offset(seed_offset)
+    if uses_triton(scale.device):
+        return _triton()[1].normal_rsample_bwd(grad_z, grad_log_prob, scale, seed, offset)
+    return reference.normal_rsample_backward(grad_z, grad_log_prob, scale, seed, offset)
+
+
+@normal_rsample_backward.register_fake
+def _(grad_z, grad_log_prob, scale, seed_offset):
+    return torch.empty_like(scale)
+
+
+def _rsample_setup_context(ctx, inputs, output):
+    loc, scale, _, seed_offset = inputs
+    ctx.set_materialize_grads(False)
+    ctx.loc_shape = loc.shape
+    # scale (an input) and the 2-word seed_offset: nothing of the output's size
+    ctx.save_for_backward(scale, seed_offset)
+
+
+def _rsample_grads(ctx, grad_z, grad_log_prob):
+    scale, seed_offset = ctx.saved_tensors
+    grad_loc = grad_scale = None
+    if ctx.needs_input_grad[0] and grad_z is not None:
+        grad_loc = reference.reduce_to(grad_z, ctx.loc_shape)
+    if ctx.needs_input_grad[1]:
+        grad_scale = torch.ops.torchdist_fast.normal_rsample_backward(grad_z, grad_log_prob, scale, seed_offset)
+    return grad_loc, grad_scale, None, None
+
+
+normal_rsample.register_autograd(lambda ctx, grad_z: _rsample_grads(ctx, grad_z, None), setup_context=_rsample_setup_context)
+normal_rsample_log_prob.register_autograd(_rsample_grads, setup_context=_rsample_setup_context)
+
+
+# ---------------------------------------------------------------------------- log_prob
+@torch.library.custom_op(
+    "torchdist_fast::normal_log_prob", mutates_args=(),
+    schema="(Tensor value, Tensor loc, Tensor scale) -> Tensor",
+)
+def normal_log_prob(value, loc, scale):
+    check_params(value, loc, scale)
+    torch.broadcast_shapes(value.shape, loc.shape, scale.shape)
+    if uses_triton(value.device):
+        return _triton()[2].normal_log_prob_fwd(value, loc, scale)
+    return reference.normal_log_prob(value, loc, scale)
+
+
+@normal_log_prob.register_fake
+def _(value, loc, scale):
+    return value.new_empty(torch.broadcast_shapes(value.shape, loc.shape, scale.shape))
+
+
+@torch.library.custom_op(
+    "torchdist_fast::normal_log_prob_backward", mutates_args=(),
+    schema="(Tensor grad, Tensor value, Tensor loc, Tensor scale, bool[] output_mask) -> (Tensor, Tensor, Tensor)",
+)
+def normal_log_prob_backward(grad, value, loc, scale, output_mask):
+    """(grad_value, grad_loc, grad_scale); an unneeded one (output_mask False) is an empty tensor."""
+    if uses_triton(value.device):
+        grads = _triton()[2].normal_log_prob_bwd(grad, value, loc, scale, output_mask)
+    else:
+        grads = reference.normal_log_prob_backward(grad, value, loc, scale, output_mask)
+    return tuple(g if g is not None else t.new_empty(0) for g, t in zip(grads, (value, loc, scale)))
+
+
+@normal_log_prob_backward.register_fake
+def _(grad, value, loc, scale, output_mask):
+    return tuple(t.new_empty(t.shape if need else 0) for t, need in zip((value, loc, scale), output_mask))
+
+
+def _log_prob_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)  # the inputs themselves: no new memory
+
+
+def _log_prob_backward(ctx, grad):
+    value, loc, scale = ctx.saved_tensors
+    mask = list(ctx.needs_input_grad)
+    grads = torch.ops.torchdist_fast.normal_log_prob_backward(grad, value, loc, scale, mask)
+    return tuple(g if need else None for g, need in zip(grads, mask))
+
+
+normal_log_prob.register_autograd(_log_prob_backward, setup_context=_log_prob_setup_context)

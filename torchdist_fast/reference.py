@@ -1,0 +1,192 @@
+"""CPU reference: the executable specification every kernel is tested against.
+
+Pure torch, vectorized, device-agnostic (it runs wherever its inputs live, CPU in practice).
+
+Random-number stream (a promise to users, repeated in README "Random numbers")
+-------------------------------------------------------------------------------
+Philox4x32-10 (Random123), key = (seed & 0xFFFFFFFF, seed >> 32), both 32-bit words of the
+64-bit seed. Element ``j`` (flat row-major index of the output) belongs to counter
+``c = offset + j // 4`` and lane ``j % 4``. The counter block of a Philox call is
+
+    ctr = (c & 0xFFFFFFFF, c >> 32, call, STREAM_TAG)
+
+``call`` is 0 for 32-bit and 16-bit outputs; float64 makes two calls per counter (``call`` 0
+gives lanes 0 and 1, ``call`` 1 gives lanes 2 and 3). ``STREAM_TAG`` keeps our counters apart
+from those curand hands torch's own CUDA kernels (which hold a thread index < 2**32 in
+ctr[2..3], so their ctr[3] is 0).
+
+Words -> normals (Box-Muller on both pairs, so every word is used and each counter gives
+4 normals):
+    32-bit outputs: u(w) = (float32(w) + 0.5) * 2**-32, in float32; never 0.
+        lane 0 = r0 * cos(2*pi*u(w1)), lane 1 = r0 * sin(2*pi*u(w1)),  r0 = sqrt(-2 ln u(w0))
+        lane 2 = r2 * cos(2*pi*u(w3)), lane 3 = r2 * sin(2*pi*u(w3)),  r2 = sqrt(-2 ln u(w2))
+    float64: u(a, b) = ((a << 21) + (b >> 11) + 0.5) * 2**-53 (53 random bits), in float64.
+        per call: r = sqrt(-2 ln u(w0, w1)), theta = 2*pi*u(w2, w3) -> (r cos theta, r sin theta)
+float16/bfloat16 outputs are the float32 normals rounded.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+PHILOX_M0 = 0xD2511F53
+PHILOX_M1 = 0xCD9E8D57
+PHILOX_W0 = 0x9E3779B9
+PHILOX_W1 = 0xBB67AE85
+STREAM_TAG = 0x54444631  # "TDF1"
+MASK32 = 0xFFFFFFFF
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _mul_hi_lo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact (hi, lo) 32-bit words of a * m for uint32 values held in int64.
+
+    The full product needs 64 unsigned bits, which int64 cannot hold, so ``a`` is split
+    into 16-bit halves and every partial product stays below 2**49.
+    """
+    a_hi, a_lo = a >> 16, a & 0xFFFF
+    t = a_lo * m
+    hi = (a_hi * m + (t >> 16)) >> 16
+    lo = (a * m) & MASK32  # int64 wraps modulo 2**64; the low 32 bits are exact
+    return hi & MASK32, lo
+
+
+def philox4x32(counter: torch.Tensor, key: torch.Tensor, rounds: int = 10) -> torch.Tensor:
+    """Philox4x32-``rounds`` on int64 tensors of uint32 words: counter[..., 4], key[..., 2] -> [..., 4]."""
+    if counter.shape[-1] != 4 or key.shape[-1] != 2:
+        raise ValueError(f"philox4x32 expects counter[..., 4] and key[..., 2], got {tuple(counter.shape)} and {tuple(key.shape)}")
+    if counter.dtype != torch.int64 or key.dtype != torch.int64:
+        raise TypeError("philox4x32 expects int64 tensors holding uint32 words")
+    c0, c1, c2, c3 = (counter[..., i] for i in range(4))
+    k0, k1 = key[..., 0], key[..., 1]
+    for r in range(rounds):
+        if r:
+            k0 = (k0 + PHILOX_W0) & MASK32
+            k1 = (k1 + PHILOX_W1) & MASK32
+        hi0, lo0 = _mul_hi_lo(c0, PHILOX_M0)
+        hi1, lo1 = _mul_hi_lo(c2, PHILOX_M1)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return torch.stack((c0, c1, c2, c3), dim=-1)
+
+
+def split_seed(seed: int) -> tuple[int, int]:
+    seed &= (1 << 64) - 1
+    return seed & MASK32, seed >> 32
+
+
+def philox_words(n_counters: int, seed: int, offset: int, call: int = 0, device=None) -> torch.Tensor:
+    """The [n_counters, 4] uint32 words (in int64) of counters offset .. offset + n_counters - 1."""
+    # counters are modulo 2**64; int64 addition wraps the same way, so add the offset as signed
+    offset &= (1 << 64) - 1
+    c = torch.arange(n_counters, dtype=torch.int64, device=device) + (offset - (1 << 64) if offset >= (1 << 63) else offset)
+    counter = torch.stack((c & MASK32, (c >> 32) & MASK32, torch.full_like(c, call), torch.full_like(c, STREAM_TAG)), dim=-1)
+    k0, k1 = split_seed(seed)
+    key = torch.tensor([k0, k1], dtype=torch.int64, device=device).expand(n_counters, 2)
+    return philox4x32(counter, key)
+
+
+def uniform_from_words32(w: torch.Tensor) -> torch.Tensor:
+    """uint32 words -> float32 uniforms in (0, 1]: (w + 0.5) * 2**-32, never 0."""
+    return (w.to(torch.float32) + 0.5) * 2.0**-32
+
+
+def uniform_from_words64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Two uint32 words -> float64 uniform with 53 random bits, never 0."""
+    m = (a << 21) + (b >> 11)
+    return (m.to(torch.float64) + 0.5) * 2.0**-53
+
+
+def _box_muller(u_r: torch.Tensor, u_theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r = torch.sqrt(-2.0 * torch.log(u_r))
+    theta = (2.0 * math.pi) * u_theta
+    return r * torch.cos(theta), r * torch.sin(theta)
+
+
+def philox_normals(numel: int, seed: int, offset: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """The first ``numel`` normals of the stream, flat, in ``dtype``."""
+    n_counters = -(-numel // 4)
+    if dtype == torch.float64:
+        w = philox_words(n_counters, seed, offset, call=0, device=device)
+        v = philox_words(n_counters, seed, offset, call=1, device=device)
+        z0, z1 = _box_muller(uniform_from_words64(w[:, 0], w[:, 1]), uniform_from_words64(w[:, 2], w[:, 3]))
+        z2, z3 = _box_muller(uniform_from_words64(v[:, 0], v[:, 1]), uniform_from_words64(v[:, 2], v[:, 3]))
+    else:
+        w = philox_words(n_counters, seed, offset, call=0, device=device)
+        z0, z1 = _box_muller(uniform_from_words32(w[:, 0]), uniform_from_words32(w[:, 1]))
+        z2, z3 = _box_muller(uniform_from_words32(w[:, 2]), uniform_from_words32(w[:, 3]))
+    return torch.stack((z0, z1, z2, z3), dim=-1).reshape(-1)[:numel].to(dtype)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half types compute in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def philox_randn(shape: Sequence[int], seed: int, offset: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    shape = tuple(int(s) for s in shape)
+    return philox_normals(math.prod(shape), seed, offset, dtype, device).reshape(shape)
+
+
+# ---------------------------------------------------------------------------------------
+# Normal distribution ops. Inputs are already broadcast-compatible and of one float dtype.
+# ---------------------------------------------------------------------------------------
+
+def normal_rsample(loc, scale, sample_shape, seed, offset, with_log_prob=False):
+    """z = loc + scale * eps over sample_shape + broadcast(loc, scale).shape; optionally log_prob(z)."""
+    batch_shape = torch.broadcast_shapes(loc.shape, scale.shape)
+    out_shape = tuple(sample_shape) + tuple(batch_shape)
+    cdt = compute_dtype(loc.dtype)
+    eps = philox_randn(out_shape, seed, offset, cdt, loc.device)
+    scale_c = scale.to(cdt)
+    z = (loc.to(cdt) + scale_c * eps).to(loc.dtype)
+    if not with_log_prob:
+        return z
+    log_prob = (-0.5 * eps * eps - torch.log(scale_c) - LOG_SQRT_2PI).expand(out_shape).to(loc.dtype)
+    return z, log_prob
+
+
+def normal_rsample_backward(grad_z, grad_log_prob, scale, seed, offset):
+    """grad of (z, log_prob(z)) w.r.t. scale, reduced to scale's shape (grad_loc is grad_z summed).
+
+    d z/d scale = eps; through the reparameterization log_prob(z) = -eps^2/2 - log(scale) - c
+    depends on scale only: d log_prob/d scale = -1/scale (its loc derivative is 0).
+    """
+    ref = grad_z if grad_z is not None else grad_log_prob
+    cdt = compute_dtype(scale.dtype)
+    g_scale = torch.zeros(ref.shape, dtype=cdt, device=ref.device)
+    if grad_z is not None:
+        g_scale = g_scale + grad_z.to(cdt) * philox_randn(ref.shape, seed, offset, cdt, ref.device)
+    if grad_log_prob is not None:
+        g_scale = g_scale - grad_log_prob.to(cdt) / scale.to(cdt)
+    return reduce_to(g_scale, scale.shape).to(scale.dtype)
+
+
+def normal_log_prob(value, loc, scale):
+    cdt = compute_dtype(value.dtype)
+    v, m, s = value.to(cdt), loc.to(cdt), scale.to(cdt)
+    y = (v - m) / s
+    return (-0.5 * y * y - torch.log(s) - LOG_SQRT_2PI).to(value.dtype)
+
+
+def normal_log_prob_backward(grad, value, loc, scale, output_mask=(True, True, True)):
+    """(grad_value, grad_loc, grad_scale), each reduced to its input's shape; None where masked."""
+    cdt = compute_dtype(value.dtype)
+    g, v, m, s = grad.to(cdt), value.to(cdt), loc.to(cdt), scale.to(cdt)
+    y = (v - m) / s
+    g_loc = g * y / s
+    elems = (-g_loc, g_loc, g * (y * y - 1.0) / s)
+    return tuple(
+        reduce_to(e, t.shape).to(t.dtype) if need else None
+        for e, t, need in zip(elems, (value, loc, scale), output_mask)
+    )
+
+
+def reduce_to(t: torch.Tensor, shape) -> torch.Tensor:
+    """Sum a broadcast gradient back to ``shape`` (leading and size-1 dimensions)."""
+    shape = tuple(shape)
+    if tuple(t.shape) == shape:
+        return t
+    return t.sum_to_size(shape) if len(shape) else t.sum()

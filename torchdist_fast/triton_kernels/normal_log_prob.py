@@ -1,0 +1,94 @@
+"""Normal log_prob, forward and backward, with value/loc/scale broadcast in the kernel.
+
+log_prob = -((value - loc) / scale)^2 / 2 - log(scale) - log(sqrt(2 pi)).
+Backward, with y = (value - loc) / scale: d/dloc = g y / scale = -d/dvalue,
+d/dscale = g (y^2 - 1) / scale. One kernel writes the element grads that are needed.
+References: ``reference.normal_log_prob`` / ``reference.normal_log_prob_backward``.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ..reference import LOG_SQRT_2PI, compute_dtype, reduce_to
+from .layout import _broadcast_offset, block_counters, broadcast_args, grid_for
+
+
+@triton.jit
+def _normal_log_prob_fwd_kernel(
+    out_ptr, value_ptr, loc_ptr, scale_ptr, numel,
+    s1, s2, s3, v_t0, v_t1, v_t2, v_t3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
+    BLOCK: tl.constexpr,
+):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < numel
+    CDT: tl.constexpr = tl.float64 if out_ptr.dtype.element_ty == tl.float64 else tl.float32
+    v = tl.load(value_ptr + _broadcast_offset(idx, s1, s2, s3, v_t0, v_t1, v_t2, v_t3), mask=mask, other=0.0).to(CDT)
+    loc = tl.load(loc_ptr + _broadcast_offset(idx, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3), mask=mask, other=0.0).to(CDT)
+    scale = tl.load(scale_ptr + _broadcast_offset(idx, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3), mask=mask, other=1.0).to(CDT)
+    y = (v - loc) / scale
+    log_prob = -0.5 * y * y - tl.log(scale) - LOG_SQRT_2PI
+    tl.store(out_ptr + idx, log_prob.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _normal_log_prob_bwd_kernel(
+    grad_value_ptr, grad_loc_ptr, grad_scale_ptr, grad_ptr, value_ptr, loc_ptr, scale_ptr, numel,
+    s1, s2, s3, g_t0, g_t1, g_t2, g_t3, v_t0, v_t1, v_t2, v_t3,
+    loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
+    BLOCK: tl.constexpr, NEED_VALUE: tl.constexpr, NEED_LOC: tl.constexpr, NEED_SCALE: tl.constexpr,
+):
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < numel
+    CDT: tl.constexpr = tl.float64 if value_ptr.dtype.element_ty == tl.float64 else tl.float32
+    g = tl.load(grad_ptr + _broadcast_offset(idx, s1, s2, s3, g_t0, g_t1, g_t2, g_t3), mask=mask, other=0.0).to(CDT)
+    v = tl.load(value_ptr + _broadcast_offset(idx, s1, s2, s3, v_t0, v_t1, v_t2, v_t3), mask=mask, other=0.0).to(CDT)
+    loc = tl.load(loc_ptr + _broadcast_offset(idx, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3), mask=mask, other=0.0).to(CDT)
+    scale = tl.load(scale_ptr + _broadcast_offset(idx, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3), mask=mask, other=1.0).to(CDT)
+    y = (v - loc) / scale
+    g_loc = g * y / scale
+    if NEED_VALUE:
+        tl.store(grad_value_ptr + idx, (-g_loc).to(grad_value_ptr.dtype.element_ty), mask=mask)
+    if NEED_LOC:
+        tl.store(grad_loc_ptr + idx, g_loc.to(grad_loc_ptr.dtype.element_ty), mask=mask)
+    if NEED_SCALE:
+        g_scale = g * (y * y - 1.0) / scale
+        tl.store(grad_scale_ptr + idx, g_scale.to(grad_scale_ptr.dtype.element_ty), mask=mask)
+
+
+def _elements_block(dtype) -> int:
+    return 4 * block_counters(dtype)
+
+
+def normal_log_prob_fwd(value, loc, scale):
+    out_shape = torch.broadcast_shapes(value.shape, loc.shape, scale.shape)
+    out = torch.empty(out_shape, dtype=value.dtype, device=value.device)
+    numel = out.numel()
+    if numel:
+        (value, loc, scale), layout = broadcast_args(out_shape, value, loc, scale)
+        block = _elements_block(value.dtype)
+        _normal_log_prob_fwd_kernel[(triton.cdiv(numel, block),)](out, value, loc, scale, numel, *layout, BLOCK=block)
+    return out
+
+
+def normal_log_prob_bwd(grad, value, loc, scale, output_mask):
+    """(grad_value, grad_loc, grad_scale) reduced to the inputs' shapes; None where not needed."""
+    out_shape = tuple(grad.shape)
+    inputs = (value, loc, scale)
+
+    def elem_buffer(t, needed):
+        if not needed:
+            return None
+        reduce = tuple(t.shape) != out_shape
+        return torch.empty(out_shape, dtype=compute_dtype(t.dtype) if reduce else t.dtype, device=t.device)
+
+    bufs = [elem_buffer(t, need) for t, need in zip(inputs, output_mask)]
+    numel = grad.numel()
+    if numel and any(output_mask):
+        dummy = next(b for b in bufs if b is not None)
+        (g, v, m, s), layout = broadcast_args(out_shape, grad, value, loc, scale)
+        block = _elements_block(value.dtype)
+        _normal_log_prob_bwd_kernel[(triton.cdiv(numel, block),)](
+            *(b if b is not None else dummy for b in bufs), g, v, m, s, numel, *layout,
+            BLOCK=block, NEED_VALUE=output_mask[0], NEED_LOC=output_mask[1], NEED_SCALE=output_mask[2],
+        )
+    return tuple(None if b is None else reduce_to(b, t.shape).to(t.dtype) for b, t in zip(bufs, inputs))

@@ -1,0 +1,95 @@
+"""Normal rsample (optionally with log_prob of the sample), forward and backward.
+
+Forward: z = loc + scale * eps with eps generated in the kernel; log_prob(z) = -eps^2/2 -
+log(scale) - log(sqrt(2 pi)) comes from the same registers. Backward regenerates eps from
+(seed, offset), so autograd keeps nothing of the output's size. grad_loc needs no kernel
+(it is grad_z, summed over broadcast dimensions); the kernel writes grad_scale elements.
+References: ``reference.normal_rsample`` / ``reference.normal_rsample_backward``.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ..reference import LOG_SQRT_2PI, compute_dtype, reduce_to
+from .layout import _broadcast_offset, block_counters, broadcast_args, grid_for, split_to_i32
+from .philox import _stream_block
+
+_SEED_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi"]
+
+
+@triton.jit(do_not_specialize=_SEED_ARGS)
+def _normal_rsample_fwd_kernel(
+    z_ptr, log_prob_ptr, loc_ptr, scale_ptr, numel,
+    s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
+    seed_lo, seed_hi, offset_lo, offset_hi,
+    BLOCK: tl.constexpr, WITH_LOG_PROB: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    IS_FP64: tl.constexpr = z_ptr.dtype.element_ty == tl.float64
+    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64)
+    mask = idx < numel
+    loc = tl.load(loc_ptr + _broadcast_offset(idx, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3), mask=mask, other=0.0)
+    scale = tl.load(scale_ptr + _broadcast_offset(idx, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3), mask=mask, other=1.0)
+    scale = scale.to(eps.dtype)
+    z = loc.to(eps.dtype) + scale * eps
+    tl.store(z_ptr + idx, z.to(z_ptr.dtype.element_ty), mask=mask)
+    if WITH_LOG_PROB:
+        log_prob = -0.5 * eps * eps - tl.log(scale) - LOG_SQRT_2PI
+        tl.store(log_prob_ptr + idx, log_prob.to(log_prob_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=_SEED_ARGS)
+def _normal_rsample_bwd_kernel(
+    grad_scale_ptr, grad_z_ptr, grad_log_prob_ptr, scale_ptr, numel,
+    s1, s2, s3, gz_t0, gz_t1, gz_t2, gz_t3, glp_t0, glp_t1, glp_t2, glp_t3, scale_t0, scale_t1, scale_t2, scale_t3,
+    seed_lo, seed_hi, offset_lo, offset_hi,
+    BLOCK: tl.constexpr, HAS_GRAD_Z: tl.constexpr, HAS_GRAD_LOG_PROB: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    IS_FP64: tl.constexpr = scale_ptr.dtype.element_ty == tl.float64
+    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64)
+    mask = idx < numel
+    grad_scale = tl.zeros_like(eps)
+    if HAS_GRAD_Z:
+        gz = tl.load(grad_z_ptr + _broadcast_offset(idx, s1, s2, s3, gz_t0, gz_t1, gz_t2, gz_t3), mask=mask, other=0.0)
+        grad_scale += gz.to(eps.dtype) * eps
+    if HAS_GRAD_LOG_PROB:
+        glp = tl.load(grad_log_prob_ptr + _broadcast_offset(idx, s1, s2, s3, glp_t0, glp_t1, glp_t2, glp_t3), mask=mask, other=0.0)
+        scale = tl.load(scale_ptr + _broadcast_offset(idx, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3), mask=mask, other=1.0)
+        grad_scale -= glp.to(eps.dtype) / scale.to(eps.dtype)
+    tl.store(grad_scale_ptr + idx, grad_scale.to(grad_scale_ptr.dtype.element_ty), mask=mask)
+
+
+def normal_rsample_fwd(loc, scale, sample_shape, seed: int, offset: int, with_log_prob: bool):
+    out_shape = tuple(sample_shape) + tuple(torch.broadcast_shapes(loc.shape, scale.shape))
+    z = torch.empty(out_shape, dtype=loc.dtype, device=loc.device)
+    log_prob = torch.empty_like(z) if with_log_prob else z
+    numel = z.numel()
+    if numel:
+        (loc, scale), layout = broadcast_args(out_shape, loc, scale)
+        block = block_counters(loc.dtype)
+        _normal_rsample_fwd_kernel[grid_for(numel, block)](
+            z, log_prob, loc, scale, numel, *layout, *split_to_i32(seed), *split_to_i32(offset),
+            BLOCK=block, WITH_LOG_PROB=with_log_prob,
+        )
+    return (z, log_prob) if with_log_prob else z
+
+
+def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int):
+    """grad_scale reduced to scale.shape; either grad may be None (grad_loc needs no kernel)."""
+    ref = grad_z if grad_z is not None else grad_log_prob
+    out_shape = tuple(ref.shape)
+    # element grads are summed over broadcast dims: keep them in the compute dtype until then
+    needs_reduction = tuple(scale.shape) != out_shape
+    grad_scale = torch.empty(out_shape, dtype=compute_dtype(scale.dtype) if needs_reduction else scale.dtype, device=scale.device)
+    numel = grad_scale.numel()
+    if numel:
+        gz = grad_z if grad_z is not None else scale
+        glp = grad_log_prob if grad_log_prob is not None else scale
+        (gz, glp, scale_b), layout = broadcast_args(out_shape, gz, glp, scale)
+        block = block_counters(scale.dtype)
+        _normal_rsample_bwd_kernel[grid_for(numel, block)](
+            grad_scale, gz, glp, scale_b, numel, *layout, *split_to_i32(seed), *split_to_i32(offset),
+            BLOCK=block, HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_PROB=grad_log_prob is not None,
+        )
+    return reduce_to(grad_scale, scale.shape).to(scale.dtype)
