@@ -1,0 +1,43 @@
+import os
+
+import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET when a kernel is defined: decide before torchdist_fast is imported.
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+HAS_CUDA = torch.cuda.is_available()
+
+
+def kernel_devices():
+    """Where the Triton kernels can run here: CPU tensors under the interpreter, CUDA tensors on a GPU."""
+    return (["cpu"] if INTERPRET else []) + (["cuda"] if HAS_CUDA and not INTERPRET else [])
+
+
+@pytest.fixture(params=kernel_devices())
+def triton_device(request):
+    """A device on which the ops run the Triton kernels (CPU tensors use the interpreter)."""
+    import torchdist_fast
+
+    if request.param == "cpu":
+        with torchdist_fast.cpu_kernel("triton"):
+            yield torch.device("cpu")
+    else:
+        yield torch.device("cuda")
+
+
+@pytest.fixture(params=["reference"] + (["triton"] if INTERPRET else []))
+def cpu_kernel(request):
+    """Run the test with each CPU kernel: the reference and, under the interpreter, Triton."""
+    import torchdist_fast
+
+    with torchdist_fast.cpu_kernel(request.param):
+        yield request.param
+
+
+@pytest.fixture(autouse=True)
+def _gpu_marker(request):
+    if request.node.get_closest_marker("gpu") and not HAS_CUDA:
+        pytest.skip("needs a CUDA device")
