@@ -164,8 +164,10 @@ def _rsample_setup_context(ctx, inputs, output):
 def _rsample_grads(ctx, grad_z, grad_log_prob):
     scale, seed_offset = ctx.saved_tensors
     grad_loc = grad_scale = None
-    if ctx.needs_input_grad[0] and grad_z is not None:
-        grad_loc = reference.reduce_to(grad_z, ctx.loc_shape)
+    if ctx.needs_input_grad[0]:
+        # log_prob(z) does not depend on loc through the reparameterization: a zero gradient,
+        # as torch.distributions gives for log_prob(rsample())
+        grad_loc = reference.reduce_to(grad_z, ctx.loc_shape) if grad_z is not None else scale.new_zeros(ctx.loc_shape)
     if ctx.needs_input_grad[1]:
         grad_scale = torch.ops.torchdist_fast.normal_rsample_backward(grad_z, grad_log_prob, scale, seed_offset)
     return grad_loc, grad_scale, None, None

@@ -69,7 +69,10 @@ def take_seed_offset(device: torch.device, counters: int, generator: torch.Gener
     check_generator(generator, device)
     if counters < 0:
         raise ValueError(f"counters must be non-negative, got {counters}")
-    gen = generator if generator is not None else default_generator(device)
+    return take_seed_offset_from(generator if generator is not None else default_generator(device), counters)
+
+
+def take_seed_offset_from(gen, counters: int) -> torch.Tensor:
     if gen.device.type == "cpu":
         words = torch.randint(0, 1 << 32, (2,), generator=gen, dtype=torch.int64).tolist()
         return pack_seed_offset(words[0] | (words[1] << 32), 0)

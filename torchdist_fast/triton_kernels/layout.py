@@ -49,7 +49,11 @@ def coalesce(shape, strides_list):
 
 
 def broadcast_layout(out_shape, *tensors):
-    """(sizes, strides per tensor), each padded to MAX_DIMS with the outermost dim first.
+    """(sizes, strides per tensor), outermost dim first, padded to MAX_DIMS with inner size-1 dims.
+
+    Padding on the inner side puts the common one-dimensional case in dim 0, whose size the
+    kernel never needs: s1 = s2 = s3 = 1, which Triton specializes, so no div/mod survives and
+    contiguous operands (stride 1, also specialized) get vector loads.
 
     Returns None when more than MAX_DIMS dimensions remain after coalescing.
     """
@@ -57,7 +61,7 @@ def broadcast_layout(out_shape, *tensors):
     merged = coalesce(out_shape, strides_list)
     if len(merged) > MAX_DIMS:
         return None
-    merged = [(1, [0] * len(tensors))] * (MAX_DIMS - len(merged)) + merged
+    merged = merged + [(1, [0] * len(tensors))] * (MAX_DIMS - len(merged))
     sizes = [m[0] for m in merged]
     strides = [[m[1][k] for m in merged] for k in range(len(tensors))]
     return sizes, strides

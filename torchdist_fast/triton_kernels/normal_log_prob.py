@@ -9,8 +9,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import LOG_SQRT_2PI, compute_dtype, reduce_to
+from .. import reference
+from ..reference import compute_dtype, reduce_to
 from .layout import _broadcast_offset, block_counters, broadcast_args, grid_for
+
+LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
 
 
 @triton.jit

@@ -10,11 +10,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import LOG_SQRT_2PI, compute_dtype, reduce_to
+from .. import reference
+from ..reference import compute_dtype, reduce_to
 from .layout import _broadcast_offset, block_counters, broadcast_args, grid_for, split_to_i32
 from .philox import _stream_block
 
 _SEED_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi"]
+
+LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
 
 
 @triton.jit(do_not_specialize=_SEED_ARGS)

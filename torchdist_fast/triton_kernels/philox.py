@@ -6,12 +6,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import STREAM_TAG
+from .. import reference
 from .layout import block_counters, grid_for, split_to_i32
 
-INV_2_32: tl.constexpr = 2.3283064365386963e-10  # 2**-32
-INV_2_53: tl.constexpr = 1.1102230246251565e-16  # 2**-53
-TWO_PI: tl.constexpr = 6.283185307179586
+# globals used inside kernels must be tl.constexpr objects
+STREAM_TAG = tl.constexpr(reference.STREAM_TAG)
+INV_2_32 = tl.constexpr(2.0**-32)
+INV_2_53 = tl.constexpr(2.0**-53)
+TWO_PI = tl.constexpr(6.283185307179586)
 
 
 @triton.jit
@@ -95,3 +97,28 @@ def philox_randn(shape, seed: int, offset: int, dtype: torch.dtype, device) -> t
     block = block_counters(dtype)
     _philox_randn_kernel[grid_for(numel, block)](out, numel, *split_to_i32(seed), *split_to_i32(offset), BLOCK=block)
     return out
+
+
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi"])
+def _philox_words_kernel(words_ptr, n_counters, call, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constexpr):
+    # the raw uint32 words of counters offset .. offset + n_counters - 1 (stream checks)
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offset = (offset_hi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32) | offset_lo.to(tl.uint32, bitcast=True).to(tl.uint64)
+    c = offset + idx.to(tl.uint64)
+    w0, w1, w2, w3 = _philox4x32_10(
+        c.to(tl.uint32), (c >> 32).to(tl.uint32), tl.full((BLOCK,), call, tl.uint32), tl.full((BLOCK,), STREAM_TAG, tl.uint32),
+        seed_lo.to(tl.uint32, bitcast=True), seed_hi.to(tl.uint32, bitcast=True),
+    )
+    mask = idx < n_counters
+    tl.store(words_ptr + 4 * idx, w0.to(tl.int64), mask=mask)
+    tl.store(words_ptr + 4 * idx + 1, w1.to(tl.int64), mask=mask)
+    tl.store(words_ptr + 4 * idx + 2, w2.to(tl.int64), mask=mask)
+    tl.store(words_ptr + 4 * idx + 3, w3.to(tl.int64), mask=mask)
+
+
+def philox_words(n_counters: int, seed: int, offset: int, call: int = 0, device="cpu") -> torch.Tensor:
+    """[n_counters, 4] uint32 words (in int64), the twin of ``reference.philox_words``."""
+    words = torch.empty((n_counters, 4), dtype=torch.int64, device=device)
+    if n_counters:
+        _philox_words_kernel[(triton.cdiv(n_counters, 256),)](words, n_counters, call, *split_to_i32(seed), *split_to_i32(offset), BLOCK=256)
+    return words

@@ -1,0 +1,150 @@
+"""Ahead-of-time compile check: every Triton kernel of the package for real GPU targets, no GPU.
+
+``python -m torchdist_fast.aot`` compiles each kernel for sm_80 and sm_90 with
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))`` for every dtype, in two
+specializations: the generic broadcast layout and the contiguous one Triton picks at run time
+(inner sizes s1..s3 and the strides of dim 0 equal to 1 become constants, numel % 16 == 0). It prints registers, spills and the
+vector width of global loads/stores from the PTX, and exits 1 on any compile error. The
+interpreter accepts code that the compiler rejects; this is what catches it.
+
+Run it without TRITON_INTERPRET (kernels must be JITFunctions, not interpreted ones).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+TARGETS = (80, 90)
+DTYPES = {"float32": "fp32", "float64": "fp64", "float16": "fp16", "bfloat16": "bf16"}
+SEED_ARGS = ("seed_lo", "seed_hi", "offset_lo", "offset_hi")
+
+
+def kernel_specs():
+    """(name, kernel, constexprs per variant) for every Triton kernel of the package."""
+    from .triton_kernels import normal_log_prob, normal_rsample, philox
+
+    return [
+        ("philox_randn", philox._philox_randn_kernel, [{"BLOCK": 256}]),
+        ("philox_words", philox._philox_words_kernel, [{"BLOCK": 256}]),
+        ("normal_rsample_fwd", normal_rsample._normal_rsample_fwd_kernel,
+         [{"BLOCK": 256, "WITH_LOG_PROB": False}, {"BLOCK": 256, "WITH_LOG_PROB": True}]),
+        ("normal_rsample_bwd", normal_rsample._normal_rsample_bwd_kernel,
+         [{"BLOCK": 256, "HAS_GRAD_Z": True, "HAS_GRAD_LOG_PROB": True},
+          {"BLOCK": 256, "HAS_GRAD_Z": True, "HAS_GRAD_LOG_PROB": False}]),
+        ("normal_log_prob_fwd", normal_log_prob._normal_log_prob_fwd_kernel, [{"BLOCK": 1024}]),
+        ("normal_log_prob_bwd", normal_log_prob._normal_log_prob_bwd_kernel,
+         [{"BLOCK": 1024, "NEED_VALUE": False, "NEED_LOC": True, "NEED_SCALE": True},
+          {"BLOCK": 1024, "NEED_VALUE": True, "NEED_LOC": True, "NEED_SCALE": True}]),
+    ]
+
+
+def _signature(kernel, dtype: str, constexprs: dict, contiguous: bool):
+    """Triton signature for one dtype; in the contiguous variant sizes and inner strides are 1."""
+    sig, consts, attrs = {}, dict(constexprs), {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            # words are int64 tensors; everything else carries the op's float dtype
+            sig[name] = "*i64" if name == "words_ptr" else f"*{dtype}"
+            attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+        elif name in SEED_ARGS:
+            sig[name] = "i32"
+        elif contiguous and (re.fullmatch(r"s[123]", name) or name.endswith("_t0")):
+            consts[name] = 1
+            sig[name] = "constexpr"
+        elif contiguous and name in ("numel", "n_counters"):
+            sig[name] = "i64"
+            attrs[(i,)] = [["tt.divisibility", 16]]  # the run-time specialization of sizes % 16 == 0
+        else:
+            sig[name] = "i64"
+    return sig, consts, attrs
+
+
+_PTX_PATTERNS = {
+    "ld.v4": r"ld\.global(?:\.\w+)*\.v4",
+    "ld.v2": r"ld\.global(?:\.\w+)*\.v2",
+    "st.v4": r"st\.global(?:\.\w+)*\.v4",
+    "st.v2": r"st\.global(?:\.\w+)*\.v2",
+    "st.scalar": r"st\.global(?!(?:\.\w+)*\.v[24])(?:\.\w+)*\.[bfus](?:8|16|32|64)\s",
+}
+
+
+def _ptx_stats(ptx: str) -> str:
+    """Global memory instructions by vector width: vector loads/stores are what bandwidth needs."""
+    return " ".join(f"{k}={len(re.findall(p, ptx))}" for k, p in _PTX_PATTERNS.items())
+
+
+def _ptxas_usage(ptx: str, cap: int) -> str:
+    """Registers and spill bytes from ``ptxas -v`` (Triton's bundled ptxas), or '' if it is absent."""
+    from triton.backends.nvidia import compiler as nvidia
+
+    ptxas = os.path.join(os.path.dirname(nvidia.__file__), "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        return ""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        arch = f"sm_{cap}a" if cap == 90 else f"sm_{cap}"
+        res = subprocess.run([ptxas, "-v", f"--gpu-name={arch}", path, "-o", os.devnull], capture_output=True, text=True)
+    regs = re.search(r"Used (\d+) registers", res.stderr)
+    spills = re.search(r"(\d+) bytes spill stores", res.stderr)
+    return f"regs={regs.group(1) if regs else '?'} spill_stores={spills.group(1) if spills else '?'}B"
+
+
+def compile_all(targets=TARGETS, dtypes=tuple(DTYPES.values()), verbose=True) -> list[str]:
+    """Compile every kernel variant; returns the list of failures (empty when all compile)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("the AOT check needs compiled kernels: run it without TRITON_INTERPRET=1")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    failures = []
+    for name, kernel, variants in kernel_specs():
+        for constexprs in variants:
+            for contiguous in (False, True):
+                for dtype in dtypes:
+                    if name == "philox_words" and dtype != "fp32":
+                        continue
+                    sig, consts, attrs = _signature(kernel, dtype, constexprs, contiguous)
+                    for cap in targets:
+                        label = f"{name} {dtype} sm_{cap} {'contig' if contiguous else 'strided'} " + \
+                            " ".join(f"{k}={v}" for k, v in constexprs.items() if k != "BLOCK")
+                        t0 = time.perf_counter()
+                        try:
+                            src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
+                            compiled = triton.compile(src, target=GPUTarget("cuda", cap, 32))
+                        except Exception as exc:  # report every failure, not just the first
+                            failures.append(f"{label}: {type(exc).__name__}: {exc}")
+                            if verbose:
+                                print(f"FAIL {label}: {exc}", flush=True)
+                            continue
+                        if verbose:
+                            print(f"ok   {label:60s} warps={compiled.metadata.num_warps} {_ptxas_usage(compiled.asm['ptx'], cap)} "
+                                  f"{_ptx_stats(compiled.asm['ptx'])} ({time.perf_counter() - t0:.2f}s)", flush=True)
+    return failures
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m torchdist_fast.aot", description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", type=int, nargs="+", default=list(TARGETS), help="compute capabilities (default 80 90)")
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    failures = compile_all(tuple(args.targets), tuple(DTYPES[d] for d in args.dtypes), verbose=not args.quiet)
+    if failures:
+        print(f"{len(failures)} kernel variant(s) failed to compile", file=sys.stderr)
+        return 1
+    print("all kernels compiled")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
