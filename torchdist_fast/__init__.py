@@ -8,11 +8,14 @@ from .backend import (
     set_cpu_kernel,
     set_cpu_sampling,
 )
+from .distribution import Normal, patch
 from .functional import randn
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Normal",
+    "patch",
     "randn",
     "cpu_kernel",
     "cpu_sampling",

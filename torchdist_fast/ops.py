@@ -61,6 +61,21 @@ def _(device, counters, generator=None):
     return torch.empty(2, dtype=torch.int64, device="cpu")
 
 
+def _mark_ordered(op) -> None:
+    """Thread an effect token through ``op`` under torch.compile.
+
+    nondeterministic_seeded alone does not stop AOTAutograd's CSE from merging two draws with
+    equal arguments (its list of random ops is a fixed set of aten ops), which would give two
+    samples in one graph the same noise. An ORDERED effect keeps every call, in program order.
+    """
+    from torch._higher_order_ops.effects import _EffectType, _register_effectful_op
+
+    _register_effectful_op(op, _EffectType.ORDERED)
+
+
+_mark_ordered(torch.ops.torchdist_fast.draw_seed_offset.default)
+
+
 # ---------------------------------------------------------------------------- philox_randn
 @torch.library.custom_op(
     "torchdist_fast::philox_randn", mutates_args=(),

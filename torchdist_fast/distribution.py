@@ -1,0 +1,389 @@
+"""``torchdist_fast.Normal``: a drop-in ``torch.distributions.Normal`` backed by the fused ops,
+and ``torchdist_fast.patch()``, which swaps it in for third-party code inside a scope.
+
+What runs where (decided at call time, per call):
+
+=====================  ==========================================  ===============================
+                       CUDA tensors                                CPU tensors
+=====================  ==========================================  ===============================
+sample / rsample       Philox Triton ops                           ``cpu_sampling() == "torch"``
+                                                                   (default): torch's own code,
+                                                                   bit-identical to
+                                                                   ``torch.distributions.Normal``;
+                                                                   ``"philox"``: the Philox ops
+                                                                   (same stream as the GPU)
+rsample_and_log_prob   one fused op (``normal_rsample_log_prob``)  as rsample, then ``log_prob``
+sample_and_log_prob    ``normal_sample`` + ``normal_log_prob``      as sample, then ``log_prob``
+log_prob               fused op (``normal_log_prob``)              the same op (CPU reference)
+cdf / icdf             ``torch.special.ndtr`` / ``ndtri``          the same
+validation             ``torch._assert_async`` (no host sync)      torch's checks and messages
+=====================  ==========================================  ===============================
+
+Other devices (meta, mps, ...), integer/complex parameters, and parameters on two devices fall
+back to torch's own code, so they behave (and fail) exactly as ``torch.distributions.Normal``.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import math
+import types
+
+import torch
+from torch.distributions import Distribution, constraints
+from torch.distributions.utils import broadcast_all, lazy_property
+from torch.types import _Number
+
+from . import ops  # noqa: F401  (registers torch.ops.torchdist_fast)
+from .backend import get_cpu_sampling
+from .functional import draw_seed_offset
+
+__all__ = ["Normal", "patch"]
+
+# torch's class, captured at import (before any patch() can rebind the name)
+_TorchNormal = torch.distributions.normal.Normal
+_FLOAT_DTYPES = ops.FLOAT_DTYPES
+_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
+
+
+def _async_checks(t: torch.Tensor) -> bool:
+    """Whether value checks on ``t`` must not synchronize: CUDA tensors, and any traced code.
+
+    Under ``torch.compile`` torch's ``_is_all_true(...)`` is a data-dependent branch (a graph
+    break); ``torch._assert_async`` is traced into the graph instead.
+    """
+    return torch.compiler.is_compiling() or t.device.type == "cuda"
+
+
+def _promote_float(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """``torch.promote_types`` for two float dtypes (in plain Python: dynamo cannot trace
+    dtype-valued torch functions such as ``torch.result_type``)."""
+    if a == b:
+        return a
+    if a.itemsize == b.itemsize:  # float16 with bfloat16
+        return torch.float32
+    return a if a.itemsize > b.itemsize else b
+
+
+def _result_type(value: torch.Tensor, loc: torch.Tensor) -> torch.dtype:
+    """``torch.result_type(value, loc)`` for a float ``loc`` and a bool/int/float ``value``.
+
+    Zero-dim tensors take part only where their category (bool < int < float) is higher.
+    """
+    if not value.dtype.is_floating_point:
+        return loc.dtype
+    if (value.dim() == 0) == (loc.dim() == 0):
+        return _promote_float(value.dtype, loc.dtype)
+    return loc.dtype if value.dim() == 0 else value.dtype
+
+
+def _ops_device(t: torch.Tensor) -> bool:
+    """Whether sampling on ``t``'s device goes through the Philox ops (read at call time)."""
+    kind = t.device.type
+    return kind == "cuda" or (kind == "cpu" and get_cpu_sampling() == "philox")
+
+
+class Normal(_TorchNormal):
+    r"""Normal (Gaussian) distribution with mean ``loc`` and standard deviation ``scale``.
+
+    A subclass of :class:`torch.distributions.Normal` with the same constructor, so
+    ``isinstance``, every ``kl_divergence`` registration, ``Independent``,
+    ``TransformedDistribution``, ``expand`` (subclasses too), pickling, ``repr``, the shapes,
+    ``arg_constraints``, ``support``, ``mean``/``mode``/``stddev``/``variance``, ``entropy``,
+    ``perplexity`` and the exponential-family members behave exactly as in torch.
+
+    Sampling:
+      * CUDA tensors draw with the fused Philox Triton ops (``seed, offset`` from the CUDA
+        generator, or from ``generator=``).
+      * CPU tensors, by default (``torchdist_fast.get_cpu_sampling() == "torch"``), draw exactly
+        as ``torch.distributions.Normal``: same generator, bit-identical samples. With
+        ``torchdist_fast.cpu_sampling("philox")`` (context manager) or
+        ``torchdist_fast.set_cpu_sampling("philox")`` (or ``TORCHDIST_FAST_CPU_SAMPLING=philox``)
+        they draw from the Philox reference, the stream the GPU kernels produce for the same
+        (seed, offset). The setting is read at every call.
+      * ``sample``/``rsample``/``sample_and_log_prob``/``rsample_and_log_prob`` take an optional
+        keyword ``generator=`` (a ``torch.Generator`` of the parameters' device).
+
+    ``log_prob`` uses the fused op on CPU and CUDA. On CPU it is *not* bit-identical to torch's
+    formula ``-(x - loc)**2 / (2 * scale**2) - log(scale) - log(sqrt(2 pi))``; it computes
+    ``y = (x - loc) / scale; -y*y/2 - log(scale) - log(sqrt(2 pi))`` (half types in float32),
+    which agrees with torch to float rounding (a few ulp) and never forms ``scale**2``, so it
+    stays finite and accurate for tiny scales and far values where torch's over/underflows.
+
+    ``cdf`` is ``torch.special.ndtr((x - loc) / scale)`` (erfc-based: accurate in the lower tail,
+    where torch's ``0.5 * (1 + erf(...))`` rounds to 0 beyond about -5.9 sigma in float32 and
+    -8.3 sigma in float64); ``log_cdf`` is ``log_ndtr`` for tails beyond the float range
+    (``cdf`` of -40 sigma is 3.7e-350, below the smallest float64, so it is 0 in any float64
+    code; ``log_cdf`` gives -804.6). ``icdf`` is ``loc + scale * ndtri(p)``, accurate for ``p``
+    near 0 and 1 where ``erfinv(2 p - 1)`` loses the digits of ``p``.
+
+    Validation (``validate_args``, default ``torch.distributions.Distribution._validate_args``):
+      * The conditions are torch's: ``loc`` not NaN, ``scale > 0`` (at construction); the value
+        given to ``log_prob``/``cdf`` a tensor, broadcastable with ``batch_shape``, not NaN.
+      * CPU tensors, eager: torch's code, so the same ``ValueError`` and message, raised at once.
+      * Shape and type checks of the value are metadata: a ``ValueError`` at once on every device.
+      * CUDA tensors: the value checks are ``torch._assert_async`` (no host-device
+        synchronization): a failure is a device-side assert reported by a later CUDA call (a
+        ``RuntimeError``, and the CUDA context is unusable afterwards, as with any device-side
+        assert). The message names the parameter, its shape and the constraint, without values.
+      * Inside ``torch.compile`` (any device) the value checks are also ``torch._assert_async``,
+        traced into the graph (no graph break): a failure raises ``RuntimeError`` when the
+        compiled code runs.
+    """
+
+    def __init__(self, loc, scale, validate_args=None):
+        self.loc, self.scale = broadcast_all(loc, scale)
+        if isinstance(loc, _Number) and isinstance(scale, _Number):
+            batch_shape = torch.Size()
+        else:
+            batch_shape = self.loc.size()
+        # Distribution.__init__ without its checks (they call torch._is_all_true, a host-device
+        # sync on CUDA and a graph break under torch.compile); ours follow.
+        self._batch_shape = batch_shape
+        self._event_shape = torch.Size()
+        if validate_args is not None:
+            self._validate_args = validate_args
+        if self._validate_args:
+            self._validate_params()
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(Normal, _instance)
+        return super().expand(batch_shape, _instance=new)
+
+    # ------------------------------------------------------------------ validation
+    def _shape_repr(self) -> str:
+        """``repr(self)`` with shapes only: printing a value would synchronize."""
+        names = [k for k in self.arg_constraints if k in self.__dict__]
+        return f"{type(self).__name__}(" + ", ".join(f"{k}: {self.__dict__[k].size()}" for k in names) + ")"
+
+    def _validate_params(self) -> None:
+        """Distribution.__init__'s checks: torch's code on CPU, asynchronous where it must be."""
+        for param, constraint in self.arg_constraints.items():
+            # constraints.is_dependent, inlined: dynamo refuses to trace that function
+            if isinstance(constraint, constraints._Dependent):
+                continue
+            if param not in self.__dict__ and isinstance(getattr(type(self), param), lazy_property):
+                continue
+            value = getattr(self, param)
+            valid = constraint.check(value)
+            if _async_checks(value):
+                torch._assert_async(
+                    valid.all(),
+                    f"Expected parameter {param} ({type(value).__name__} of shape {tuple(value.shape)}) "
+                    f"of distribution {self._shape_repr()} to satisfy the constraint {constraint!r}, "
+                    "but found invalid values (checked with torch._assert_async: values not printed)",
+                )
+            elif not torch._is_all_true(valid):
+                raise ValueError(
+                    f"Expected parameter {param} "
+                    f"({type(value).__name__} of shape {tuple(value.shape)}) "
+                    f"of distribution {repr(self)} "
+                    f"to satisfy the constraint {repr(constraint)}, "
+                    f"but found invalid values:\n{value}"
+                )
+
+    def _validate_sample(self, value) -> None:
+        if not isinstance(value, torch.Tensor) or not _async_checks(value):
+            return super()._validate_sample(value)  # torch's code, messages and exceptions
+        # torch's shape checks (metadata only), then the support check without a sync
+        event_dim_start = len(value.size()) - len(self._event_shape)
+        if value.size()[event_dim_start:] != self._event_shape:
+            raise ValueError(
+                f"The right-most size of value must match event_shape: {value.size()} vs {self._event_shape}."
+            )
+        actual_shape = value.size()
+        expected_shape = self._batch_shape + self._event_shape
+        for i, j in zip(reversed(actual_shape), reversed(expected_shape)):
+            if i != 1 and j != 1 and i != j:
+                raise ValueError(
+                    f"Value is not broadcastable with batch_shape+event_shape: {actual_shape} vs {expected_shape}."
+                )
+        support = self.support
+        torch._assert_async(
+            support.check(value).all(),
+            f"Expected value argument ({type(value).__name__} of shape {tuple(value.shape)}) "
+            f"to be within the support ({support!r}) of the distribution {self._shape_repr()}, "
+            "but found invalid values (checked with torch._assert_async: values not printed)",
+        )
+
+    # ------------------------------------------------------------------ routing helpers
+    def _sample_params(self, promote: bool):
+        """(loc, scale) of one float dtype for the Philox ops, or None to use torch's code.
+
+        ``promote``: the dtype of ``rsample`` (promote(loc, scale)); else that of ``sample``
+        (``torch.normal``: loc's dtype).
+        """
+        loc, scale = self.loc, self.scale
+        if not (isinstance(loc, torch.Tensor) and isinstance(scale, torch.Tensor)):
+            return None
+        if loc.device != scale.device or not _ops_device(loc):
+            return None
+        if loc.dtype not in _FLOAT_DTYPES or scale.dtype not in _FLOAT_DTYPES:
+            return None
+        dtype = _promote_float(loc.dtype, scale.dtype) if promote else loc.dtype
+        return loc.to(dtype), scale.to(dtype)
+
+    def _log_prob_args(self, value):
+        """(value, loc, scale) of one float dtype for ``normal_log_prob``, or None for torch's formula."""
+        loc, scale = self.loc, self.scale
+        if not (isinstance(value, torch.Tensor) and isinstance(loc, torch.Tensor) and isinstance(scale, torch.Tensor)):
+            return None
+        if loc.dtype != scale.dtype or loc.dtype not in _FLOAT_DTYPES or value.dtype.is_complex:
+            return None
+        device = loc.device
+        if value.device != device or scale.device != device or device.type not in ("cpu", "cuda"):
+            return None
+        # torch's formula promotes (value, loc, scale); with loc and scale of one dtype and shape
+        # that is result_type(value, loc)
+        dtype = _result_type(value, loc)
+        if dtype not in _FLOAT_DTYPES:
+            return None
+        return value.to(dtype), loc.to(dtype), scale.to(dtype)
+
+    def _torch_log_prob(self, value):
+        """torch's formula (no validation): the fallback for inputs the op does not take."""
+        var = self.scale**2
+        log_scale = math.log(self.scale) if isinstance(self.scale, _Number) else self.scale.log()
+        return -((value - self.loc) ** 2) / (2 * var) - log_scale - _LOG_SQRT_2PI
+
+    def _log_prob_unchecked(self, value):
+        args = self._log_prob_args(value)
+        if args is None:
+            return self._torch_log_prob(value)
+        return torch.ops.torchdist_fast.normal_log_prob(*args)
+
+    # ------------------------------------------------------------------ sampling
+    def rsample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
+        sample_shape = torch.Size(sample_shape)
+        params = self._sample_params(promote=True)
+        if params is None:
+            if generator is None:
+                return super().rsample(sample_shape)
+            shape = self._extended_shape(sample_shape)
+            eps = torch.empty(shape, dtype=self.loc.dtype, device=self.loc.device).normal_(generator=generator)
+            return self.loc + eps * self.scale
+        numel = self._extended_shape(sample_shape).numel()
+        seed_offset = draw_seed_offset(params[0].device, numel, generator)
+        return torch.ops.torchdist_fast.normal_rsample(*params, list(sample_shape), seed_offset)
+
+    def sample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
+        sample_shape = torch.Size(sample_shape)
+        params = self._sample_params(promote=False)
+        if params is None:
+            if generator is None:
+                return super().sample(sample_shape)
+            shape = self._extended_shape(sample_shape)
+            with torch.no_grad():
+                return torch.normal(self.loc.expand(shape), self.scale.expand(shape), generator=generator)
+        numel = self._extended_shape(sample_shape).numel()
+        seed_offset = draw_seed_offset(params[0].device, numel, generator)
+        with torch.no_grad():
+            return torch.ops.torchdist_fast.normal_sample(*params, list(sample_shape), seed_offset)
+
+    def rsample_and_log_prob(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None):
+        """``(z, log_prob(z))`` with ``z = rsample(sample_shape)``, gradients as ``log_prob(rsample())``.
+
+        On the Philox path one fused kernel writes both (log_prob from the noise in registers:
+        ``-eps**2/2 - log(scale) - log(sqrt(2 pi))``) and its backward regenerates the noise.
+        """
+        sample_shape = torch.Size(sample_shape)
+        params = self._sample_params(promote=True)
+        if params is None:
+            z = self.rsample(sample_shape, generator=generator)
+            return z, self._log_prob_unchecked(z)
+        numel = self._extended_shape(sample_shape).numel()
+        seed_offset = draw_seed_offset(params[0].device, numel, generator)
+        z, log_prob = torch.ops.torchdist_fast.normal_rsample_log_prob(*params, list(sample_shape), seed_offset)
+        return z, log_prob
+
+    def sample_and_log_prob(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None):
+        """``(z, log_prob(z))`` with ``z = sample(sample_shape)`` (no gradient through ``z``).
+
+        ``log_prob`` carries the score-function gradients (w.r.t. loc and scale with ``z``
+        fixed), as ``d.log_prob(d.sample())`` does: what REINFORCE/PPO need.
+        """
+        z = self.sample(sample_shape, generator=generator)
+        return z, self._log_prob_unchecked(z)
+
+    # ------------------------------------------------------------------ densities
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        return self._log_prob_unchecked(value)
+
+    def cdf(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        return torch.special.ndtr((value - self.loc) / self.scale)
+
+    def log_cdf(self, value):
+        """log(cdf(value)), finite far into the lower tail (``torch.special.log_ndtr``)."""
+        if self._validate_args:
+            self._validate_sample(value)
+        y = (value - self.loc) / self.scale
+        if y.dtype in (torch.float16, torch.bfloat16):  # log_ndtr has no half kernels
+            return torch.special.log_ndtr(y.float()).to(y.dtype)
+        return torch.special.log_ndtr(y)
+
+    def icdf(self, value):
+        if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16):
+            z = torch.special.ndtri(value.float()).to(value.dtype)  # ndtri has no half kernels
+        else:
+            z = torch.special.ndtri(value)
+        return self.loc + self.scale * z
+
+
+# ---------------------------------------------------------------------------------- patch
+class _Patch(contextlib.ContextDecorator):
+    def __init__(self, modules):
+        self._modules = tuple(modules)
+        self._saved = []  # one frame per active __enter__ (re-entrant, nestable)
+
+    def _targets(self):
+        dist = torch.distributions
+        targets = [(dist, "Normal"), (dist.normal, "Normal")]
+        for module in self._modules:
+            if isinstance(module, str):
+                module = importlib.import_module(module)
+            if not isinstance(module, types.ModuleType):
+                raise TypeError(f"torchdist_fast.patch() takes modules or module names, got {type(module).__name__}")
+            for name, value in list(vars(module).items()):
+                if value is _TorchNormal:
+                    targets.append((module, name))
+        return targets
+
+    def __enter__(self):
+        frame = [(module, name, getattr(module, name)) for module, name in self._targets()]
+        for module, name, _ in frame:
+            setattr(module, name, Normal)
+        self._saved.append(frame)
+        return self
+
+    def __exit__(self, *exc):
+        for module, name, old in reversed(self._saved.pop()):
+            setattr(module, name, old)
+        return False
+
+
+def patch(*modules) -> _Patch:
+    """Make ``torch.distributions.Normal`` resolve to ``torchdist_fast.Normal`` inside a scope.
+
+    A context manager and a decorator::
+
+        with torchdist_fast.patch():
+            d = torch.distributions.Normal(loc, scale)   # a torchdist_fast.Normal
+
+        @torchdist_fast.patch("my_rl_lib.policies")
+        def train(): ...
+
+    Rebinds ``torch.distributions.Normal`` and ``torch.distributions.normal.Normal`` and, in
+    each module given (module objects or dotted names), every global bound to torch's
+    ``Normal`` (code that ran ``from torch.distributions import Normal`` at import time holds
+    its own reference: name its module here). Everything is restored on exit, also on an
+    exception; scopes nest. ``kl_divergence`` keeps working (registrations match subclasses).
+    Caveats: the rebinding is process-wide (all threads see it while the scope is open);
+    torch's own distributions built on Normal (``LogNormal``, ``HalfNormal``) keep torch's
+    class; instances of torch's own ``Normal`` class cannot be pickled inside the scope
+    (pickle finds the name ``torch.distributions.normal.Normal`` rebound).
+    """
+    return _Patch(modules)
