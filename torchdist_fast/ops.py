@@ -99,11 +99,11 @@ def _(size, seed_offset, dtype, device):
 
 # ---------------------------------------------------------------------------- rsample
 def _rsample_shape(loc, scale, sample_shape):
+    check_params(loc, scale)
     return check_shape(sample_shape, "sample_shape") + tuple(torch.broadcast_shapes(loc.shape, scale.shape))
 
 
 def _rsample(loc, scale, sample_shape, seed_offset, with_log_prob):
-    check_params(loc, scale)
     _rsample_shape(loc, scale, sample_shape)
     seed, offset = rng.unpack_seed_offset(seed_offset)
     if uses_triton(loc.device):
@@ -193,13 +193,17 @@ normal_rsample_log_prob.register_autograd(_rsample_grads, setup_context=_rsample
 
 
 # ---------------------------------------------------------------------------- log_prob
+def _log_prob_shape(value, loc, scale):
+    check_params(value, loc, scale)
+    return torch.broadcast_shapes(value.shape, loc.shape, scale.shape)
+
+
 @torch.library.custom_op(
     "torchdist_fast::normal_log_prob", mutates_args=(),
     schema="(Tensor value, Tensor loc, Tensor scale) -> Tensor",
 )
 def normal_log_prob(value, loc, scale):
-    check_params(value, loc, scale)
-    torch.broadcast_shapes(value.shape, loc.shape, scale.shape)
+    _log_prob_shape(value, loc, scale)
     if uses_triton(value.device):
         return _triton()[2].normal_log_prob_fwd(value, loc, scale)
     return reference.normal_log_prob(value, loc, scale)
@@ -207,7 +211,7 @@ def normal_log_prob(value, loc, scale):
 
 @normal_log_prob.register_fake
 def _(value, loc, scale):
-    return value.new_empty(torch.broadcast_shapes(value.shape, loc.shape, scale.shape))
+    return value.new_empty(_log_prob_shape(value, loc, scale))
 
 
 @torch.library.custom_op(
