@@ -21,4 +21,4 @@ def test_all_kernels_compile_for_sm80_and_sm90():
     for line in ok_lines:
         if "fp32" in line and "contig" in line and "words" not in line:
             assert "st.v4=0" not in line, line
-            assert "spill_stores=0B" in line, line
+            assert "spills=0B" in line, line

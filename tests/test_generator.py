@@ -106,3 +106,12 @@ def test_cuda_and_cpu_reference_same_numbers():
     gpu = torch.ops.torchdist_fast.philox_randn([999], so, torch.float32, torch.device("cuda"))
     cpu = torch.ops.torchdist_fast.philox_randn([999], so, torch.float32, torch.device("cpu"))
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_refuses_instead_of_replaying_noise():
+    loc = torch.zeros(16, device="cuda")
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="CUDA graph capture"):
+        with torch.cuda.graph(graph):
+            torchdist_fast.randn(16, device="cuda")

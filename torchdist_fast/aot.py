@@ -3,8 +3,8 @@
 ``python -m torchdist_fast.aot`` compiles each kernel for sm_80 and sm_90 with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))`` for every dtype, in two
 specializations: the generic broadcast layout and the contiguous one Triton picks at run time
-(inner sizes s1..s3 and the strides of dim 0 equal to 1 become constants, numel % 16 == 0). It prints registers, spills and the
-vector width of global loads/stores from the PTX, and exits 1 on any compile error. The
+(inner sizes s1..s3 and the strides of dim 0 equal to 1 become constants, numel % 16 == 0). It prints registers, spill
+bytes (``ptxas -v``) and the vector width of global loads/stores from the PTX, and exits 1 on any compile error. The
 interpreter accepts code that the compiler rejects; this is what catches it.
 
 Run it without TRITON_INTERPRET (kernels must be JITFunctions, not interpreted ones).
@@ -81,21 +81,22 @@ def _ptx_stats(ptx: str) -> str:
 
 
 def _ptxas_usage(ptx: str, cap: int) -> str:
-    """Registers and spill bytes from ``ptxas -v`` (Triton's bundled ptxas), or '' if it is absent."""
+    """Registers and spill bytes from ``ptxas -v``, run with the ptxas Triton itself uses for ``cap``."""
     from triton.backends.nvidia import compiler as nvidia
 
-    ptxas = os.path.join(os.path.dirname(nvidia.__file__), "bin", "ptxas")
-    if not os.path.exists(ptxas):
-        return ""
+    try:
+        ptxas = nvidia.get_ptxas(cap).path
+    except Exception:  # no bundled ptxas: the compile itself is what counts
+        return "regs=? spills=?"
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
         with open(path, "w") as f:
             f.write(ptx)
-        arch = f"sm_{cap}a" if cap == 90 else f"sm_{cap}"
+        arch = f"sm_{cap}a" if cap >= 90 else f"sm_{cap}"
         res = subprocess.run([ptxas, "-v", f"--gpu-name={arch}", path, "-o", os.devnull], capture_output=True, text=True)
     regs = re.search(r"Used (\d+) registers", res.stderr)
     spills = re.search(r"(\d+) bytes spill stores", res.stderr)
-    return f"regs={regs.group(1) if regs else '?'} spill_stores={spills.group(1) if spills else '?'}B"
+    return f"regs={regs.group(1) if regs else '?'} spills={spills.group(1) + 'B' if spills else '?'}"
 
 
 def compile_all(targets=TARGETS, dtypes=tuple(DTYPES.values()), verbose=True) -> list[str]:

@@ -76,6 +76,12 @@ def take_seed_offset_from(gen, counters: int) -> torch.Tensor:
     if gen.device.type == "cpu":
         words = torch.randint(0, 1 << 32, (2,), generator=gen, dtype=torch.int64).tolist()
         return pack_seed_offset(words[0] | (words[1] << 32), 0)
+    if gen.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        # the position is read on the host: a captured graph would replay the same noise
+        raise RuntimeError(
+            "torchdist_fast: sampling under CUDA graph capture is not supported yet (every replay "
+            "would draw the same noise); sample outside the captured region"
+        )
     seed, offset = gen.initial_seed(), gen.get_offset()
     gen.set_offset(offset + -(-counters // 4) * 4)
     return pack_seed_offset(seed, offset)
