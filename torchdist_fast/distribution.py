@@ -15,7 +15,7 @@ sample / rsample       Philox Triton ops                           ``cpu_samplin
 rsample_and_log_prob   one fused op (``normal_rsample_log_prob``)  as rsample, then ``log_prob``
 sample_and_log_prob    ``normal_sample`` + ``normal_log_prob``      as sample, then ``log_prob``
 log_prob               fused op (``normal_log_prob``)              the same op (CPU reference)
-cdf / icdf             ``torch.special.ndtr`` / ``ndtri``          the same
+cdf / icdf             ``torch.erfc`` / ``torch.special.ndtri``    the same
 validation             ``torch._assert_async`` (no host sync)      torch's checks and messages
 =====================  ==========================================  ===============================
 
@@ -44,6 +44,7 @@ __all__ = ["Normal", "patch"]
 _TorchNormal = torch.distributions.normal.Normal
 _FLOAT_DTYPES = ops.FLOAT_DTYPES
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
+_SQRT1_2 = math.sqrt(0.5)
 
 
 def _async_checks(t: torch.Tensor) -> bool:
@@ -110,12 +111,14 @@ class Normal(_TorchNormal):
     which agrees with torch to float rounding (a few ulp) and never forms ``scale**2``, so it
     stays finite and accurate for tiny scales and far values where torch's over/underflows.
 
-    ``cdf`` is ``torch.special.ndtr((x - loc) / scale)`` (erfc-based: accurate in the lower tail,
-    where torch's ``0.5 * (1 + erf(...))`` rounds to 0 beyond about -5.9 sigma in float32 and
-    -8.3 sigma in float64); ``log_cdf`` is ``log_ndtr`` for tails beyond the float range
-    (``cdf`` of -40 sigma is 3.7e-350, below the smallest float64, so it is 0 in any float64
-    code; ``log_cdf`` gives -804.6). ``icdf`` is ``loc + scale * ndtri(p)``, accurate for ``p``
-    near 0 and 1 where ``erfinv(2 p - 1)`` loses the digits of ``p``.
+    ``cdf`` is ``erfc(-(x - loc) / (scale sqrt 2)) / 2``: accurate to a few ulp in the lower
+    tail, where torch's ``0.5 * (1 + erf(...))`` rounds to 0 beyond about -5.9 sigma in float32
+    and -8.3 sigma in float64 (``torch.special.ndtr`` is no better there on CPU, torch 2.13:
+    ``ndtr(-10.)`` is 0 in float64), down to the float range (float64: -37.5 sigma). ``cdf``
+    of -40 sigma is 3.7e-350, below the smallest float64, so it is 0 in any float64 code;
+    ``log_cdf`` (``torch.special.log_ndtr``) gives -804.6. ``icdf`` is
+    ``loc + scale * ndtri(p)``, accurate for ``p`` near 0 and 1 where torch's
+    ``erfinv(2 p - 1)`` loses the digits of ``p``.
 
     Validation (``validate_args``, default ``torch.distributions.Distribution._validate_args``):
       * The conditions are torch's: ``loc`` not NaN, ``scale > 0`` (at construction); the value
@@ -228,7 +231,9 @@ class Normal(_TorchNormal):
         loc, scale = self.loc, self.scale
         if not (isinstance(value, torch.Tensor) and isinstance(loc, torch.Tensor) and isinstance(scale, torch.Tensor)):
             return None
-        if loc.dtype != scale.dtype or loc.dtype not in _FLOAT_DTYPES or value.dtype.is_complex:
+        if loc.dtype != scale.dtype or loc.dtype not in _FLOAT_DTYPES:
+            return None
+        if value.dtype.is_complex or value.dtype == torch.bool:  # torch: complex result / RuntimeError
             return None
         device = loc.device
         if value.device != device or scale.device != device or device.type not in ("cpu", "cuda"):
@@ -276,6 +281,10 @@ class Normal(_TorchNormal):
             with torch.no_grad():
                 return torch.normal(self.loc.expand(shape), self.scale.expand(shape), generator=generator)
         numel = self._extended_shape(sample_shape).numel()
+        if not self._validate_args:
+            # torch.normal refuses a negative or NaN std even without validation (on CUDA with
+            # a host sync); here asynchronously, on batch_shape elements only
+            torch._assert_async((params[1] >= 0).all(), "normal expects all elements of std >= 0.0")
         seed_offset = draw_seed_offset(params[0].device, numel, generator)
         with torch.no_grad():
             return torch.ops.torchdist_fast.normal_sample(*params, list(sample_shape), seed_offset)
@@ -314,7 +323,8 @@ class Normal(_TorchNormal):
     def cdf(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        return torch.special.ndtr((value - self.loc) / self.scale)
+        # erfc, not torch.special.ndtr: the latter loses the lower tail on CPU (ndtr(-10.) == 0)
+        return 0.5 * torch.erfc((value - self.loc) / self.scale * -_SQRT1_2)
 
     def log_cdf(self, value):
         """log(cdf(value)), finite far into the lower tail (``torch.special.log_ndtr``)."""
