@@ -1,108 +1,118 @@
-"""``python -m torchdist_fast``: draw normals on every available device and check the stream.
+"""``python -m torchdist_fast``: what torchdist_fast buys on this machine.
 
-For each device: the stream check (Triton words == reference words, bit for bit, and the
-normals to float rounding), then statistics of a draw of ``--numel`` normals and the time it
-took beside ``torch.randn``. On a machine without a GPU the Triton kernels run through
-Triton's interpreter on CPU tensors (slow; a smaller size is used there).
+For every available device: the stream check (Triton words == reference words, normals to
+float rounding; on CPU only under TRITON_INTERPRET=1), then the comparison of
+torch.distributions.Normal eager, the same code under torch.compile, and torchdist_fast.Normal
+for sample, rsample, log_prob and rsample_and_log_prob, forward and forward+backward, over sizes
+(2^10..2^24 on CPU, 2^10..2^28 on a GPU). Prints a table and writes JSON and a PNG plot.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import sys
-import time
+
+DEFAULT_SIZES = {"cpu": list(range(10, 25, 2)), "cuda": list(range(10, 29, 2))}
+QUICK_SIZES = {"cpu": [10, 14, 16], "cuda": [16, 20, 24]}
 
 
-def _devices(requested):
-    import torch
-
-    available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    if requested is None:
-        return available
-    for d in requested:
-        if d not in ("cpu", "cuda"):
-            raise SystemExit(f"error: unknown device {d!r} (choose from cpu, cuda)")
-        if d not in available:
-            raise SystemExit(f"error: device {d!r} is not available on this machine")
-    return requested
+def _parse_size(text: str) -> int:
+    try:
+        value = 2 ** int(text[2:]) if text.startswith("2^") else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be an integer or 2^k, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return value
 
 
-def _stream_check(device, seed=0x5EED_1234_ABCD, offset=2**32 - 3) -> str:
+def _stream_check(device: str) -> str:
     import torch
 
     from torchdist_fast import reference, rng
 
-    n = 1000
-    so = rng.pack_seed_offset(seed, offset)
     if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return "stream: reference only (set TRITON_INTERPRET=1 to check the Triton kernel on CPU)"
+        return "stream: CPU uses the reference (run with TRITON_INTERPRET=1 to check the Triton kernel on CPU)"
     import torchdist_fast
     from torchdist_fast.triton_kernels.philox import philox_words
 
+    seed, offset, n = 0x5EED_1234_ABCD, 2**32 - 3, 1000
     words_ok = torch.equal(philox_words(n // 4, seed, offset, 0, device).cpu(), reference.philox_words(n // 4, seed, offset))
-    ctx = torchdist_fast.cpu_kernel("triton") if device == "cpu" else _null()
-    with ctx:
-        z = torch.ops.torchdist_fast.philox_randn([n], so, torch.float32, torch.device(device)).cpu()
-    err = (z - reference.philox_randn((n,), seed, offset)).abs().max().item()
-    ok = words_ok and err < 1e-5
-    return f"stream: Triton words == reference words: {words_ok}; max |normal diff| {err:.2e} -> {'OK' if ok else 'MISMATCH'}"
+    with torchdist_fast.cpu_kernel("triton" if device == "cpu" else torchdist_fast.get_cpu_kernel()):
+        z = torch.ops.torchdist_fast.philox_randn([n], rng.pack_seed_offset(seed, offset), torch.float32, torch.device(device))
+    err = (z.cpu() - reference.philox_randn((n,), seed, offset)).abs().max().item()
+    verdict = "OK" if words_ok and err < 1e-5 else "MISMATCH"
+    return f"stream: Triton words == reference words: {words_ok}; max |normal diff| {err:.1e} -> {verdict}"
 
 
-class _null:
-    def __enter__(self):
-        return self
+def _progress(total: int):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None:
+        bar = tqdm(total=total, unit="run", file=sys.stderr, dynamic_ncols=True)
 
-    def __exit__(self, *exc):
-        return False
+        def step(label):
+            bar.set_postfix_str(label, refresh=False)
+            bar.update(1)
+            if bar.n == bar.total:
+                bar.close()
 
+        return step
+    state = {"n": 0}
 
-def _time(fn, device, repeat=5):
-    import torch
+    def step(label):
+        state["n"] += 1
+        print(f"\r[{state['n']}/{total}] {label:70s}", end="" if state["n"] < total else "\n", file=sys.stderr, flush=True)
 
-    times = []
-    for _ in range(repeat):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return step
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m torchdist_fast", description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", nargs="+", help="cpu and/or cuda (default: every available one)")
-    parser.add_argument("--numel", type=int, default=None, help="normals per draw (default 2^22, 2^26 on CUDA)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.numel is not None and args.numel <= 0:
-        raise SystemExit("error: --numel must be positive")
+    from torchdist_fast.bench import DTYPES_CHOICES, MODES, OPS
 
-    import numpy as np
+    parser = argparse.ArgumentParser(prog="python -m torchdist_fast", description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], help="default: every available one")
+    parser.add_argument("--sizes", nargs="+", type=_parse_size, help="element counts, e.g. 4096 or 2^20")
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=DTYPES_CHOICES)
+    parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--repeats", type=int, help="timed calls per measurement (default by size)")
+    parser.add_argument("--quick", action="store_true", help="a few small sizes: a smoke run in about a minute")
+    parser.add_argument("--out", default="out", help="folder for the JSON and PNG (default ./out)")
+    args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out {args.out!r} exists and is not a folder")
+
     import torch
-    from scipy import stats
 
     import torchdist_fast
+    from torchdist_fast import bench
 
-    print(f"torchdist_fast {torchdist_fast.__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
-    for device in _devices(args.devices):
-        name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-        numel = args.numel or (1 << 26 if device == "cuda" else 1 << 22)
-        print(f"\n== {device} ({name}), {numel} float32 normals")
-        print("  " + _stream_check(device))
-        torch.manual_seed(args.seed)
-        ours = _time(lambda: torchdist_fast.randn(numel, device=device), device)
-        theirs = _time(lambda: torch.randn(numel, device=device), device)
-        torch.manual_seed(args.seed)
-        z = torchdist_fast.randn(numel, device=device).double().cpu().numpy()
-        print(f"  mean {z.mean():+.5f}  var {z.var():.5f}  skew {stats.skew(z):+.5f}  "
-              f"excess kurtosis {stats.kurtosis(z):+.5f}  max|z| {np.abs(z).max():.3f}  "
-              f"KS p-value {stats.kstest(z[: 1 << 20], 'norm').pvalue:.3f}")
-        kernel = "Triton" if device == "cuda" else f"{torchdist_fast.get_cpu_kernel()} kernel"
-        print(f"  torchdist_fast.randn ({kernel}) {ours * 1e3:.2f} ms, torch.randn {theirs * 1e3:.2f} ms "
-              f"(ratio {theirs / ours:.2f}x; timing is the benchmark's job, this is a smoke check)")
+    available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = args.devices or available
+    for d in devices:
+        if d not in available:
+            parser.error(f"device {d!r} is not available on this machine (available: {', '.join(available)})")
+    sizes = {d: args.sizes or [2**k for k in (QUICK_SIZES if args.quick else DEFAULT_SIZES)[d]] for d in devices}
+    repeats = args.repeats or (3 if args.quick else None)
+
+    env = bench.environment(devices)
+    print(f"torchdist_fast {torchdist_fast.__version__} | torch {env['torch']} | triton {env['triton']} | python {env['python']}")
+    for d in devices:
+        print(f"{d}: {env['devices'][d]} | {_stream_check(d)}")
+    data = bench.run(devices, args.dtypes, sizes, tuple(args.ops), tuple(args.modes), repeats, progress=_progress)
+    print(bench.format_table(data))
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    json_path, png_path = bench.write_outputs(data, args.out, f"results-{'-'.join(devices)}-{stamp}")
+    warm = [r["compile_warmup_s"] for r in data["results"] if r["compile_warmup_s"]]
+    if warm:
+        print(f"torch.compile warm-up (excluded from the timings): {sum(warm):.1f} s over {len(warm)} first calls")
+    print(f"wrote {json_path} and {png_path}")
     return 0
 
 

@@ -1,0 +1,88 @@
+"""The comparison runner (python -m torchdist_fast): quick mode, JSON schema, plot, CLI errors."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+import torchdist_fast
+from torchdist_fast import bench
+
+RESULT_KEYS = {
+    "device", "dtype", "op", "mode", "size", "impl", "median_s", "min_s", "max_s", "repeats", "gbps",
+    "compile_warmup_s", "ratio_vs_eager", "ratio_vs_compile", "pct_copy_bandwidth", "saved_bytes_per_element",
+    "ops_per_call", "ops_per_call_kind", "host_syncs", "extra",
+}
+
+
+def _run_cli(*args, timeout=170):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-m", "torchdist_fast", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    t0 = time.perf_counter()
+    res = _run_cli("--quick", "--devices", "cpu", "--out", str(out))
+    return res, out, time.perf_counter() - t0
+
+
+def test_quick_mode_finishes_under_two_minutes(quick_run):
+    res, out, seconds = quick_run
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert seconds < 120
+    assert "x eager" in res.stdout and "torchdist_fast" in res.stdout
+
+
+def test_json_schema_and_plot(quick_run):
+    _, out, _ = quick_run
+    jsons = list(out.glob("*.json"))
+    pngs = list(out.glob("*.png"))
+    assert len(jsons) == 1 and len(pngs) == 1
+    assert pngs[0].stat().st_size > 10_000 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(jsons[0].read_text())
+    assert data["schema_version"] == bench.SCHEMA_VERSION
+    env = data["environment"]
+    assert env["torch"] and env["devices"]["cpu"] and env["date"] and "triton" in env
+    assert env["torchdist_fast"] == torchdist_fast.__version__
+    impls = set(bench.implementations("cpu"))
+    expected = {(op, mode, n, impl) for op, mode in bench.combos() for n in (2**10, 2**14, 2**16) for impl in impls}
+    got = {(r["op"], r["mode"], r["size"], r["impl"]) for r in data["results"]}
+    assert got == expected
+    for r in data["results"]:
+        assert set(r) == RESULT_KEYS
+        assert 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert r["gbps"] > 0 and r["ratio_vs_eager"] > 0 and r["ratio_vs_compile"] > 0
+        if r["impl"] == "eager":
+            assert r["ratio_vs_eager"] == 1.0
+        if r["impl"] == "compile":
+            assert r["ratio_vs_compile"] == 1.0
+        if r["mode"] == "fwd+bwd":
+            assert r["saved_bytes_per_element"] is not None
+    # what the runner measures about memory: eager keeps eps-sized tensors, the Philox path none
+    fwd_bwd = {(r["op"], r["impl"]): r["saved_bytes_per_element"] for r in data["results"]
+               if r["mode"] == "fwd+bwd" and r["size"] == 2**16}
+    assert fwd_bwd[("rsample_and_log_prob", "eager")] >= 8
+    assert fwd_bwd[("rsample_and_log_prob", "torchdist_fast[philox]")] < 0.01
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--devices", "tpu"], "invalid choice"),
+    (["--sizes", "0"], "size must be positive"),
+    (["--sizes", "abc"], "size must be an integer"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+])
+def test_cli_rejects_bad_flags_in_one_line(args, message):
+    res = _run_cli(*args, timeout=60)
+    assert res.returncode == 2
+    assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_rejects_out_that_is_a_file(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    res = _run_cli("--out", str(f), timeout=60)
+    assert res.returncode == 2 and "not a folder" in res.stderr and "Traceback" not in res.stderr
