@@ -100,7 +100,7 @@ def _(size, seed_offset, dtype, device):
 # ---------------------------------------------------------------------------- rsample
 def _rsample_shape(loc, scale, sample_shape):
     check_params(loc, scale)
-    return check_shape(sample_shape, "sample_shape") + tuple(torch.broadcast_shapes(loc.shape, scale.shape))
+    return check_shape(sample_shape, "sample_shape") + reference.broadcast_shape(loc.shape, scale.shape)
 
 
 def _rsample(loc, scale, sample_shape, seed_offset, with_log_prob):
@@ -195,7 +195,7 @@ normal_rsample_log_prob.register_autograd(_rsample_grads, setup_context=_rsample
 # ---------------------------------------------------------------------------- log_prob
 def _log_prob_shape(value, loc, scale):
     check_params(value, loc, scale)
-    return torch.broadcast_shapes(value.shape, loc.shape, scale.shape)
+    return reference.broadcast_shape(value.shape, loc.shape, scale.shape)
 
 
 @torch.library.custom_op(

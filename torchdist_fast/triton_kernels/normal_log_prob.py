@@ -63,7 +63,7 @@ def _elements_block(dtype) -> int:
 
 
 def normal_log_prob_fwd(value, loc, scale):
-    out_shape = torch.broadcast_shapes(value.shape, loc.shape, scale.shape)
+    out_shape = reference.broadcast_shape(value.shape, loc.shape, scale.shape)
     out = torch.empty(out_shape, dtype=value.dtype, device=value.device)
     numel = out.numel()
     if numel:

@@ -64,7 +64,7 @@ def _normal_rsample_bwd_kernel(
 
 
 def normal_rsample_fwd(loc, scale, sample_shape, seed: int, offset: int, with_log_prob: bool):
-    out_shape = tuple(sample_shape) + tuple(torch.broadcast_shapes(loc.shape, scale.shape))
+    out_shape = tuple(sample_shape) + reference.broadcast_shape(loc.shape, scale.shape)
     z = torch.empty(out_shape, dtype=loc.dtype, device=loc.device)
     log_prob = torch.empty_like(z) if with_log_prob else z
     numel = z.numel()
