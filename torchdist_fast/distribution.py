@@ -3,21 +3,27 @@ and ``torchdist_fast.patch()``, which swaps it in for third-party code inside a 
 
 What runs where (decided at call time, per call):
 
-=====================  ==========================================  ===============================
+=====================  ==========================================  =================================
                        CUDA tensors                                CPU tensors
-=====================  ==========================================  ===============================
+=====================  ==========================================  =================================
 sample / rsample       Philox Triton ops                           ``cpu_sampling() == "torch"``
                                                                    (default): torch's own code,
                                                                    bit-identical to
                                                                    ``torch.distributions.Normal``;
                                                                    ``"philox"``: the Philox ops
                                                                    (same stream as the GPU)
-rsample_and_log_prob   one fused op (``normal_rsample_log_prob``)  as rsample, then ``log_prob``
-sample_and_log_prob    ``normal_sample`` + ``normal_log_prob``      as sample, then ``log_prob``
-log_prob               fused op (``normal_log_prob``)              the same op (CPU reference)
+rsample_and_log_prob   one fused op (``normal_rsample_log_prob``)  "torch": torch's rsample, then
+                                                                   log_prob from its noise;
+                                                                   "philox": the fused op
+sample_and_log_prob    ``normal_sample`` + ``normal_log_prob``      sample, then ``log_prob``
+log_prob               fused op (``normal_log_prob``)              the reference op's formula in
+                                                                   plain torch ops (see Normal)
 cdf / icdf             ``torch.erfc`` / ``torch.special.ndtri``    the same
 validation             ``torch._assert_async`` (no host sync)      torch's checks and messages
-=====================  ==========================================  ===============================
+=====================  ==========================================  =================================
+
+Under ``torchdist_fast.cpu_kernel("triton")`` CPU tensors take the CUDA column's ops (the Triton
+kernels through the interpreter): that is how the GPU path is tested without a GPU.
 
 Other devices (meta, mps, ...), integer/complex parameters, and parameters on two devices fall
 back to torch's own code, so they behave (and fail) exactly as ``torch.distributions.Normal``.
@@ -31,11 +37,11 @@ import types
 
 import torch
 from torch.distributions import Distribution, constraints
-from torch.distributions.utils import broadcast_all, lazy_property
+from torch.distributions.utils import _standard_normal, broadcast_all, lazy_property
 from torch.types import _Number
 
 from . import ops  # noqa: F401  (registers torch.ops.torchdist_fast)
-from .backend import get_cpu_sampling
+from .backend import get_cpu_sampling, uses_triton
 from .functional import draw_seed_offset
 
 __all__ = ["Normal", "patch"]
@@ -78,6 +84,34 @@ def _result_type(value: torch.Tensor, loc: torch.Tensor) -> torch.dtype:
     return loc.dtype if value.dim() == 0 else value.dtype
 
 
+_INT64_MAX = (1 << 63) - 1
+
+
+def _checked_numel(shape: torch.Size) -> int:
+    """numel of a sample's shape, refusing what torch refuses before any generator is advanced
+    (``torch.Size.numel()`` wraps around silently on overflow)."""
+    for s in shape:
+        if s < 0:
+            raise RuntimeError(f"Trying to create tensor with negative dimension {s}: {list(shape)}")
+    numel = math.prod(shape)
+    if numel > _INT64_MAX:
+        raise RuntimeError(f"Storage size calculation overflowed with sizes={list(shape)}")
+    return numel
+
+
+def _log_prob_formula(value, loc, scale):
+    """The reference op's formula in plain torch ops (half types in float32): on CPU this is
+    what ``normal_log_prob`` computes, without the custom-op dispatch (which costs more than
+    the math at small sizes); faster than torch's formula, forward and backward, from 16 to
+    2**20 elements (one thread, torch 2.13)."""
+    dtype = value.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        value, loc, scale = value.float(), loc.float(), scale.float()
+    y = (value - loc) / scale
+    out = -0.5 * (y * y) - scale.log() - _LOG_SQRT_2PI
+    return out if out.dtype == dtype else out.to(dtype)
+
+
 def _ops_device(t: torch.Tensor) -> bool:
     """Whether sampling on ``t``'s device goes through the Philox ops (read at call time)."""
     kind = t.device.type
@@ -105,16 +139,22 @@ class Normal(_TorchNormal):
       * ``sample``/``rsample``/``sample_and_log_prob``/``rsample_and_log_prob`` take an optional
         keyword ``generator=`` (a ``torch.Generator`` of the parameters' device).
 
-    ``log_prob`` uses the fused op on CPU and CUDA. On CPU it is *not* bit-identical to torch's
-    formula ``-(x - loc)**2 / (2 * scale**2) - log(scale) - log(sqrt(2 pi))``; it computes
-    ``y = (x - loc) / scale; -y*y/2 - log(scale) - log(sqrt(2 pi))`` (half types in float32),
-    which agrees with torch to float rounding (a few ulp) and never forms ``scale**2``, so it
-    stays finite and accurate for tiny scales and far values where torch's over/underflows.
+    ``log_prob`` (decision: accuracy and speed over bit-identity with torch's formula) computes
+    ``y = (x - loc) / scale; -y*y/2 - log(scale) - log(sqrt(2 pi))`` (half types in float32):
+    on CUDA in the fused kernel, on CPU the same formula in plain torch ops (the CPU reference
+    op's math without custom-op dispatch; faster than torch's formula, forward and backward).
+    It is *not* bit-identical to torch's ``-(x - loc)**2 / (2 * scale**2) - log(scale) - ...``:
+    it agrees to float rounding (a few ulp) and, never forming ``scale**2`` or ``(x - loc)**2``,
+    stays finite and accurate for tiny scales (1e-20 in float32) and far values where torch's
+    under/overflows. Samples, in the default CPU mode, *are* bit-identical.
+    ``rsample_and_log_prob`` computes ``log_prob`` from the noise: ``-eps**2/2 - log(scale) - ...``
+    (on CPU "torch" mode after drawing exactly as torch's ``rsample``).
 
-    ``cdf`` is ``erfc(-(x - loc) / (scale sqrt 2)) / 2``: accurate to a few ulp in the lower
-    tail, where torch's ``0.5 * (1 + erf(...))`` rounds to 0 beyond about -5.9 sigma in float32
-    and -8.3 sigma in float64 (``torch.special.ndtr`` is no better there on CPU, torch 2.13:
-    ``ndtr(-10.)`` is 0 in float64), down to the float range (float64: -37.5 sigma). ``cdf``
+    ``cdf`` is ``erfc(-(x - loc) / (scale sqrt 2)) / 2``: relative error below 1e-13 (float64)
+    and 2e-6 (float32) in the lower tail, where torch's ``0.5 * (1 + erf(...))`` rounds to 0
+    beyond about -5.9 sigma in float32 and -8.3 sigma in float64 (``torch.special.ndtr`` is no
+    better there on CPU, torch 2.13: ``ndtr(-10.)`` is 0 in float64), down to the end of the
+    float range (float64: -37.5 sigma). ``cdf``
     of -40 sigma is 3.7e-350, below the smallest float64, so it is 0 in any float64 code;
     ``log_cdf`` (``torch.special.log_ndtr``) gives -804.6. ``icdf`` is
     ``loc + scale * ndtri(p)``, accurate for ``p`` near 0 and 1 where torch's
@@ -131,7 +171,12 @@ class Normal(_TorchNormal):
         assert). The message names the parameter, its shape and the constraint, without values.
       * Inside ``torch.compile`` (any device) the value checks are also ``torch._assert_async``,
         traced into the graph (no graph break): a failure raises ``RuntimeError`` when the
-        compiled code runs.
+        compiled code runs. torch.compile itself switches the process-wide default off the
+        first time it runs (``Distribution.set_default_validate_args(False)`` in
+        ``torch._dynamo``), for torch's class and ours alike: pass ``validate_args=True`` to
+        validate in compiled code.
+      * ``sample`` with validation off keeps ``torch.normal``'s own check (``scale >= 0``, not
+        NaN; ``RuntimeError``), as an asynchronous assert on the Philox path.
     """
 
     def __init__(self, loc, scale, validate_args=None):
@@ -217,9 +262,9 @@ class Normal(_TorchNormal):
         (``torch.normal``: loc's dtype).
         """
         loc, scale = self.loc, self.scale
-        if not (isinstance(loc, torch.Tensor) and isinstance(scale, torch.Tensor)):
+        if not (isinstance(loc, torch.Tensor) and isinstance(scale, torch.Tensor)) or not _ops_device(loc):
             return None
-        if loc.device != scale.device or not _ops_device(loc):
+        if loc.device != scale.device:
             return None
         if loc.dtype not in _FLOAT_DTYPES or scale.dtype not in _FLOAT_DTYPES:
             return None
@@ -243,7 +288,11 @@ class Normal(_TorchNormal):
         dtype = _result_type(value, loc)
         if dtype not in _FLOAT_DTYPES:
             return None
-        return value.to(dtype), loc.to(dtype), scale.to(dtype)
+        if value.dtype != dtype:
+            value = value.to(dtype)
+        if loc.dtype != dtype:
+            loc, scale = loc.to(dtype), scale.to(dtype)
+        return value, loc, scale
 
     def _torch_log_prob(self, value):
         """torch's formula (no validation): the fallback for inputs the op does not take."""
@@ -255,11 +304,29 @@ class Normal(_TorchNormal):
         args = self._log_prob_args(value)
         if args is None:
             return self._torch_log_prob(value)
-        return torch.ops.torchdist_fast.normal_log_prob(*args)
+        if uses_triton(args[0].device):  # CUDA (and CPU under cpu_kernel("triton")): the fused kernel
+            return torch.ops.torchdist_fast.normal_log_prob(*args)
+        return _log_prob_formula(*args)
+
+    def _torch_mode_rsample_and_log_prob(self, sample_shape, generator):
+        """rsample exactly as torch (same draw, same z) and log_prob from its noise, or None."""
+        loc, scale = self.loc, self.scale
+        if loc.dtype != scale.dtype or loc.dtype not in _FLOAT_DTYPES or loc.device != scale.device:
+            return None
+        shape = self._extended_shape(sample_shape)
+        # torch.distributions.Normal.rsample, line for line (the class tests check bit-identity)
+        if generator is None:
+            eps = _standard_normal(shape, dtype=loc.dtype, device=loc.device)
+        else:
+            eps = torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_(generator=generator)
+        z = loc + eps * scale
+        cdt = torch.float64 if loc.dtype == torch.float64 else torch.float32
+        eps_c = eps.to(cdt)
+        log_prob = -0.5 * (eps_c * eps_c) - scale.to(cdt).log() - _LOG_SQRT_2PI
+        return z, log_prob.to(loc.dtype)
 
     # ------------------------------------------------------------------ sampling
     def rsample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
-        sample_shape = torch.Size(sample_shape)
         params = self._sample_params(promote=True)
         if params is None:
             if generator is None:
@@ -267,12 +334,12 @@ class Normal(_TorchNormal):
             shape = self._extended_shape(sample_shape)
             eps = torch.empty(shape, dtype=self.loc.dtype, device=self.loc.device).normal_(generator=generator)
             return self.loc + eps * self.scale
-        numel = self._extended_shape(sample_shape).numel()
+        sample_shape = torch.Size(sample_shape)
+        numel = _checked_numel(self._extended_shape(sample_shape))
         seed_offset = draw_seed_offset(params[0].device, numel, generator)
         return torch.ops.torchdist_fast.normal_rsample(*params, list(sample_shape), seed_offset)
 
     def sample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
-        sample_shape = torch.Size(sample_shape)
         params = self._sample_params(promote=False)
         if params is None:
             if generator is None:
@@ -280,7 +347,8 @@ class Normal(_TorchNormal):
             shape = self._extended_shape(sample_shape)
             with torch.no_grad():
                 return torch.normal(self.loc.expand(shape), self.scale.expand(shape), generator=generator)
-        numel = self._extended_shape(sample_shape).numel()
+        sample_shape = torch.Size(sample_shape)
+        numel = _checked_numel(self._extended_shape(sample_shape))
         if not self._validate_args:
             # torch.normal refuses a negative or NaN std even without validation (on CUDA with
             # a host sync); here asynchronously, on batch_shape elements only
@@ -295,12 +363,15 @@ class Normal(_TorchNormal):
         On the Philox path one fused kernel writes both (log_prob from the noise in registers:
         ``-eps**2/2 - log(scale) - log(sqrt(2 pi))``) and its backward regenerates the noise.
         """
-        sample_shape = torch.Size(sample_shape)
         params = self._sample_params(promote=True)
         if params is None:
+            out = self._torch_mode_rsample_and_log_prob(sample_shape, generator)
+            if out is not None:
+                return out
             z = self.rsample(sample_shape, generator=generator)
             return z, self._log_prob_unchecked(z)
-        numel = self._extended_shape(sample_shape).numel()
+        sample_shape = torch.Size(sample_shape)
+        numel = _checked_numel(self._extended_shape(sample_shape))
         seed_offset = draw_seed_offset(params[0].device, numel, generator)
         z, log_prob = torch.ops.torchdist_fast.normal_rsample_log_prob(*params, list(sample_shape), seed_offset)
         return z, log_prob

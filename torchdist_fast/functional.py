@@ -18,6 +18,11 @@ def counters_for(numel) -> int:
 def draw_seed_offset(device: torch.device, numel, generator: torch.Generator | None = None) -> torch.Tensor:
     """Take a stream position for ``numel`` normals from ``generator`` (or the device default)."""
     check_generator(generator, device)
+    if numel < 0:
+        raise RuntimeError(f"Trying to draw a negative number of elements: {numel}")
+    if numel >= 2**63:
+        # torch.Size.numel() wraps silently past int64; say what happened instead
+        raise RuntimeError(f"torchdist_fast: {numel} elements do not fit a tensor (more than 2**63 - 1)")
     return torch.ops.torchdist_fast.draw_seed_offset(device, counters_for(numel), generator)
 
 

@@ -68,7 +68,7 @@ def take_seed_offset(device: torch.device, counters: int, generator: torch.Gener
     device = torch.device(device)
     check_generator(generator, device)
     if counters < 0:
-        raise ValueError(f"counters must be non-negative, got {counters}")
+        raise RuntimeError(f"torchdist_fast: counters must be non-negative, got {counters}")
     return take_seed_offset_from(generator if generator is not None else default_generator(device), counters)
 
 
@@ -76,7 +76,7 @@ def take_seed_offset_from(gen, counters: int) -> torch.Tensor:
     if gen.device.type == "cpu":
         words = torch.randint(0, 1 << 32, (2,), generator=gen, dtype=torch.int64).tolist()
         return pack_seed_offset(words[0] | (words[1] << 32), 0)
-    if gen.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+    if gen.device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         # the position is read on the host: a captured graph would replay the same noise
         raise RuntimeError(
             "torchdist_fast: sampling under CUDA graph capture is not supported yet (every replay "
