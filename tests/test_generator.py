@@ -46,10 +46,74 @@ def test_randn_is_the_stream_of_the_drawn_position():
     assert torch.equal(torchdist_fast.randn(10, generator=g), reference.philox_randn((10,), seed, offset))
 
 
-def test_cpu_draws_never_share_a_key():
+def _ranges(draws):
+    """(key, first counter, end counter) per draw of (numel, seed_offset)."""
+    out = []
+    for numel, so in draws:
+        key, offset = rng.unpack_seed_offset(so)
+        out.append((key, offset, offset + counters_for(numel)))
+    return out
+
+
+def _assert_no_counter_reused(ranges):
+    by_key = {}
+    for key, start, end in ranges:
+        by_key.setdefault(key, []).append((start, end))
+    for spans in by_key.values():
+        spans.sort()
+        for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+            assert a1 <= b0, f"counter ranges overlap: {spans}"
+
+
+def test_cpu_draws_never_reuse_a_counter():
     g = torch.Generator().manual_seed(0)
-    keys = {rng.unpack_seed_offset(draw_seed_offset(torch.device("cpu"), 8, g)) for _ in range(2000)}
-    assert len(keys) == 2000
+    sizes = [1, 5, 1000, 4, 4097] * 200
+    draws = [(n, draw_seed_offset(torch.device("cpu"), n, g)) for n in sizes]
+    # interleaved use of the generator by torch itself starts new streams, never overlapping ones
+    torch.randn(3, generator=g)
+    draws += [(n, draw_seed_offset(torch.device("cpu"), n, g)) for n in sizes[:50]]
+    _assert_no_counter_reused(_ranges(draws))
+
+
+def test_cpu_positions_follow_the_cuda_rule_after_manual_seed():
+    """After manual_seed(s), CPU positions are the ones a CUDA generator seeded with s gives."""
+    sizes = [1, 1023, 4, 5, 10**6, 7]
+    torch.manual_seed(2**40 + 9)
+    cpu = [rng.unpack_seed_offset(draw_seed_offset(torch.device("cpu"), n)) for n in sizes]
+    cuda_like = FakePhiloxGenerator(seed=2**40 + 9)
+    expected = [rng.unpack_seed_offset(rng.take_seed_offset_from(cuda_like, counters_for(n))) for n in sizes]
+    assert cpu == expected
+
+
+def test_manual_seed_gives_the_stream_at_offset_zero():
+    torch.manual_seed(31)
+    a = torchdist_fast.randn(10)
+    b = torchdist_fast.randn(6)
+    assert torch.equal(a, reference.philox_randn((10,), 31, 0))
+    assert torch.equal(b, reference.philox_randn((6,), 31, 4))  # 10 normals: 3 counters, rounded up to 4
+
+
+def test_reproducible_with_torch_sampling_interleaved():
+    def run():
+        torch.manual_seed(3)
+        out = [torchdist_fast.randn(5)]
+        torch.rand(2)  # torch's own use of the generator in between
+        out += [torchdist_fast.randn(5), torchdist_fast.randn(5)]
+        return out
+
+    first, second = run(), run()
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[1], first[2])
+
+
+def test_restored_state_redraws_the_same_noise():
+    torch.manual_seed(8)
+    torchdist_fast.randn(4)
+    state = torch.get_rng_state()
+    a = torchdist_fast.randn(9)
+    torch.set_rng_state(state)
+    assert torch.equal(torchdist_fast.randn(9), a)
 
 
 class FakePhiloxGenerator:
@@ -80,7 +144,7 @@ def test_offset_generator_never_reuses_a_counter(sizes):
     for (a0, a1), (b0, b1) in zip(used, used[1:]):
         assert a1 <= b0, f"counter ranges overlap: {used}"
     # the advance depends only on numel (never on BLOCK): ceil(numel / 4) rounded up to 4
-    assert gen.offset == used[-1][0] + -(-counters_for(sizes[-1]) // 4) * 4
+    assert gen.offset == used[-1][0] + rng.advance(counters_for(sizes[-1]))
 
 
 def test_counters_independent_of_block():
@@ -115,3 +179,13 @@ def test_cuda_graph_capture_refuses_instead_of_replaying_noise():
     with pytest.raises(RuntimeError, match="CUDA graph capture"):
         with torch.cuda.graph(graph):
             torchdist_fast.randn(16, device="cuda")
+
+
+@pytest.mark.gpu
+def test_manual_seed_gives_the_same_numbers_on_cpu_and_cuda():
+    torch.manual_seed(123)
+    cpu = [torchdist_fast.randn(1001), torchdist_fast.randn(17)]
+    torch.manual_seed(123)
+    gpu = [torchdist_fast.randn(1001, device="cuda"), torchdist_fast.randn(17, device="cuda")]
+    for a, b in zip(cpu, gpu):
+        torch.testing.assert_close(b.cpu(), a, atol=1e-5, rtol=1e-5)

@@ -6,13 +6,22 @@ Rules (README "Random numbers"):
   offset = ``get_offset()``; the generator is then advanced by the counters consumed
   (ceil(numel / 4)), rounded up to a multiple of 4 because CUDA generators require it.
   Consecutive calls therefore never reuse a counter.
-- The CPU generator (mt19937) has no offset: each call draws a 64-bit key from it (two 32-bit
-  words, ``torch.randint``), counters start at 0. ``torch.manual_seed`` reproduces a run, and
-  two calls share a key with probability 2**-64.
+- The CPU generator (mt19937) has no offset, so one is kept for it, keyed by the generator's
+  state (see ``CpuStreams``): right after ``manual_seed(s)`` the position is (s, 0), and each
+  draw moves it on exactly as a CUDA generator's offset moves. So ``torch.manual_seed(s)``
+  followed by torchdist_fast draws gives the same numbers on CPU (Philox) and on the GPU.
+  Each draw also consumes one 32-bit word of the mt19937 stream, so the state after a draw is
+  never the freshly seeded one. A state this process has not seen after one of our draws
+  (the generator was used by torch's own sampling, or restored from elsewhere) starts a new
+  stream: a 64-bit key drawn from the generator, counters from 0. Either way the position is
+  a function of the generator state: runs reproduce, and checkpoint recomputation (which
+  restores the state) redraws the same noise.
 The pair travels as a CPU int64 tensor ``[seed, offset]`` (64-bit patterns), so that the ops
 that use it are pure functions of their inputs and can be recomputed (backward, checkpoint).
 """
 from __future__ import annotations
+
+import hashlib
 
 import torch
 
@@ -72,10 +81,60 @@ def take_seed_offset(device: torch.device, counters: int, generator: torch.Gener
     return take_seed_offset_from(generator if generator is not None else default_generator(device), counters)
 
 
+def advance(counters: int) -> int:
+    """How far a draw of ``counters`` counters moves the offset: rounded up to a multiple of 4
+    (CUDA generators refuse other offsets), whatever the kernel's block size."""
+    return -(-counters // 4) * 4
+
+
+class CpuStreams:
+    """Stream positions for mt19937 CPU generators, which have no offset of their own.
+
+    Maps a digest of the generator state (as it is after one of our draws) to the position the
+    next draw continues from; the freshly seeded state of a generator maps to
+    (initial_seed, 0), like a CUDA generator after ``manual_seed``.
+    """
+
+    MAX_ENTRIES = 4096
+
+    def __init__(self):
+        self._positions: dict[bytes, tuple[int, int]] = {}
+        self._fresh: dict[int, bytes] = {}
+
+    @staticmethod
+    def _digest(state: torch.Tensor) -> bytes:
+        return hashlib.blake2b(state.numpy().tobytes(), digest_size=16).digest()
+
+    def _fresh_digest(self, seed: int) -> bytes:
+        if seed not in self._fresh:
+            if len(self._fresh) >= 64:
+                self._fresh.clear()
+            self._fresh[seed] = self._digest(torch.Generator().manual_seed(seed).get_state())
+        return self._fresh[seed]
+
+    def take(self, gen: torch.Generator, counters: int) -> tuple[int, int]:
+        seed = gen.initial_seed()
+        digest = self._digest(gen.get_state())
+        if digest == self._fresh_digest(seed):
+            key, offset = seed, 0
+        elif digest in self._positions:
+            key, offset = self._positions[digest]
+        else:
+            words = torch.randint(0, 1 << 32, (2,), generator=gen, dtype=torch.int64).tolist()
+            key, offset = words[0] | (words[1] << 32), 0
+        torch.randint(0, 1 << 32, (1,), generator=gen)  # mark the state as "after one of our draws"
+        if len(self._positions) >= self.MAX_ENTRIES:
+            self._positions.pop(next(iter(self._positions)))
+        self._positions[self._digest(gen.get_state())] = (key, offset + advance(counters))
+        return key, offset
+
+
+_CPU_STREAMS = CpuStreams()
+
+
 def take_seed_offset_from(gen, counters: int) -> torch.Tensor:
     if gen.device.type == "cpu":
-        words = torch.randint(0, 1 << 32, (2,), generator=gen, dtype=torch.int64).tolist()
-        return pack_seed_offset(words[0] | (words[1] << 32), 0)
+        return pack_seed_offset(*_CPU_STREAMS.take(gen, counters))
     if gen.device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         # the position is read on the host: a captured graph would replay the same noise
         raise RuntimeError(
@@ -83,5 +142,5 @@ def take_seed_offset_from(gen, counters: int) -> torch.Tensor:
             "would draw the same noise); sample outside the captured region"
         )
     seed, offset = gen.initial_seed(), gen.get_offset()
-    gen.set_offset(offset + -(-counters // 4) * 4)
+    gen.set_offset(offset + advance(counters))
     return pack_seed_offset(seed, offset)
