@@ -5,8 +5,11 @@ from .backend import (
     cpu_sampling,
     get_cpu_kernel,
     get_cpu_sampling,
+    get_gpu_kernel,
+    gpu_kernel,
     set_cpu_kernel,
     set_cpu_sampling,
+    set_gpu_kernel,
 )
 from .distribution import Normal, patch
 from .functional import randn
@@ -23,4 +26,7 @@ __all__ = [
     "get_cpu_sampling",
     "set_cpu_kernel",
     "set_cpu_sampling",
+    "gpu_kernel",
+    "get_gpu_kernel",
+    "set_gpu_kernel",
 ]

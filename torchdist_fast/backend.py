@@ -11,7 +11,10 @@ Two settings, each with an environment variable (read at import), a setter and a
 ``cpu_sampling`` (``TORCHDIST_FAST_CPU_SAMPLING``): how ``torchdist_fast.Normal`` draws on CPU.
     "torch" (default): exactly as ``torch.distributions.Normal`` (same generator, same numbers).
     "philox": the Philox ops, the stream the GPU kernels draw for the same (seed, offset).
-CUDA tensors always use the Triton kernels.
+``gpu_kernel`` (``TORCHDIST_FAST_GPU_KERNEL``): what the ops run on CUDA tensors.
+    "triton" (default): the Triton kernels.
+    "cuda": the hand-written CUDA C++ backend (``kernels/``, built by ``python setup_cuda.py
+    build_ext --inplace``); setting it without the built extension raises RuntimeError.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import torch
 
 CPU_KERNELS = ("reference", "triton")
 CPU_SAMPLINGS = ("torch", "philox")
+GPU_KERNELS = ("triton", "cuda")
 
 
 def _validated(name: str, value: str, choices) -> str:
@@ -32,12 +36,18 @@ def _validated(name: str, value: str, choices) -> str:
             "cpu_kernel='triton' runs the Triton kernels on CPU tensors through Triton's interpreter: "
             "set TRITON_INTERPRET=1 in the environment before starting Python"
         )
+    if name == "gpu_kernel" and value == "cuda":
+        from . import cuda_backend
+
+        if not cuda_backend.available():
+            raise RuntimeError(f"gpu_kernel='cuda': {cuda_backend.unavailable_reason()}")
     return value
 
 
 _settings = {
     "cpu_kernel": _validated("cpu_kernel", os.environ.get("TORCHDIST_FAST_CPU_KERNEL", "reference"), CPU_KERNELS),
     "cpu_sampling": _validated("cpu_sampling", os.environ.get("TORCHDIST_FAST_CPU_SAMPLING", "torch"), CPU_SAMPLINGS),
+    "gpu_kernel": _validated("gpu_kernel", os.environ.get("TORCHDIST_FAST_GPU_KERNEL", "triton"), GPU_KERNELS),
 }
 
 
@@ -77,6 +87,20 @@ def cpu_sampling(value: str):
     return _setting("cpu_sampling", value, CPU_SAMPLINGS)
 
 
-def uses_triton(device: torch.device) -> bool:
-    """True where the ops run the Triton kernels: CUDA, and CPU under cpu_kernel='triton'."""
+def get_gpu_kernel() -> str:
+    return _settings["gpu_kernel"]
+
+
+def set_gpu_kernel(value: str) -> None:
+    _settings["gpu_kernel"] = _validated("gpu_kernel", value, GPU_KERNELS)
+
+
+def gpu_kernel(value: str):
+    """Context manager: ``with torchdist_fast.gpu_kernel("cuda"): ...`` (the CUDA C++ backend)."""
+    return _setting("gpu_kernel", value, GPU_KERNELS)
+
+
+def uses_gpu_kernels(device: torch.device) -> bool:
+    """True where the ops run GPU kernels (Triton, or the CUDA backend under gpu_kernel='cuda'):
+    CUDA, and CPU under cpu_kernel='triton'."""
     return device.type == "cuda" or (device.type == "cpu" and _settings["cpu_kernel"] == "triton")

@@ -87,6 +87,11 @@ def implementations(device: str):
         "compile": (torch.distributions.Normal, True, contextlib.nullcontext),
         "torchdist_fast": (torchdist_fast.Normal, False, contextlib.nullcontext),
     }
+    if device == "cuda":
+        from . import cuda_backend
+
+        if cuda_backend.available():  # the hand-written CUDA C++ backend, when built
+            impls["torchdist_fast[cuda]"] = (torchdist_fast.Normal, False, lambda: torchdist_fast.gpu_kernel("cuda"))
     if device == "cpu":
         # the default CPU sampling is torch's own; this column shows the Philox stream on CPU
         impls["torchdist_fast[philox]"] = (torchdist_fast.Normal, False, lambda: torchdist_fast.cpu_sampling("philox"))

@@ -41,7 +41,7 @@ from torch.distributions.utils import _standard_normal, broadcast_all, lazy_prop
 from torch.types import _Number
 
 from . import ops  # noqa: F401  (registers torch.ops.torchdist_fast)
-from .backend import get_cpu_sampling, uses_triton
+from .backend import get_cpu_sampling, uses_gpu_kernels
 from .functional import draw_seed_offset
 
 __all__ = ["Normal", "patch"]
@@ -304,7 +304,7 @@ class Normal(_TorchNormal):
         args = self._log_prob_args(value)
         if args is None:
             return self._torch_log_prob(value)
-        if uses_triton(args[0].device):  # CUDA (and CPU under cpu_kernel("triton")): the fused kernel
+        if uses_gpu_kernels(args[0].device):  # CUDA (and CPU under cpu_kernel("triton")): the fused kernel
             return torch.ops.torchdist_fast.normal_log_prob(*args)
         return _log_prob_formula(*args)
 

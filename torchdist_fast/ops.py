@@ -1,7 +1,8 @@
 """The ``torch.ops.torchdist_fast`` custom ops: registration, checks, fake and autograd kernels.
 
 Each op has one implementation that picks, by device, the Triton launcher
-(``triton_kernels/``) or the reference (``reference.py``); see ``backend.uses_triton``.
+(``triton_kernels/``, or ``cuda_backend`` under gpu_kernel("cuda")) or the reference
+(``reference.py``); see ``backend.uses_gpu_kernels``.
 Random ops take their stream position as a CPU int64 tensor ``seed_offset = [seed, offset]``
 drawn by ``draw_seed_offset`` (the only op that touches a generator, tagged
 ``nondeterministic_seeded`` so the compiler neither merges nor reorders it). Every other op is
@@ -12,16 +13,23 @@ from __future__ import annotations
 import torch
 
 from . import reference, rng
-from .backend import uses_triton
+from .backend import get_gpu_kernel, uses_gpu_kernels
 
 FLOAT_DTYPES = reference.FLOAT_DTYPES
 
 
-def _triton():
-    # imported on first use so the package imports (and runs on CPU) without triton
-    from .triton_kernels import normal_log_prob, normal_rsample, philox
+def _launchers(device: torch.device):
+    """The GPU launchers for ``device``: Triton, or the CUDA C++ backend under gpu_kernel("cuda").
 
-    return philox, normal_rsample, normal_log_prob
+    Imported on first use so the package imports (and runs on CPU) without triton.
+    """
+    if device.type == "cuda" and get_gpu_kernel() == "cuda":
+        from . import cuda_backend
+
+        return cuda_backend
+    from . import triton_kernels
+
+    return triton_kernels
 
 
 def check_params(*tensors: torch.Tensor) -> None:
@@ -87,8 +95,8 @@ def philox_randn(size, seed_offset, dtype, device):
         raise RuntimeError(f"torchdist_fast.philox_randn: unsupported dtype {dtype}; use float32, float64, float16 or bfloat16")
     seed, offset = rng.unpack_seed_offset(seed_offset)
     device = torch.device(device)
-    if uses_triton(device):
-        return _triton()[0].philox_randn(size, seed, offset, dtype, device)
+    if uses_gpu_kernels(device):
+        return _launchers(device).philox_randn(size, seed, offset, dtype, device)
     return reference.philox_randn(size, seed, offset, dtype, device)
 
 
@@ -106,8 +114,8 @@ def _rsample_shape(loc, scale, sample_shape):
 def _rsample(loc, scale, sample_shape, seed_offset, with_log_prob):
     _rsample_shape(loc, scale, sample_shape)
     seed, offset = rng.unpack_seed_offset(seed_offset)
-    if uses_triton(loc.device):
-        return _triton()[1].normal_rsample_fwd(loc, scale, sample_shape, seed, offset, with_log_prob)
+    if uses_gpu_kernels(loc.device):
+        return _launchers(loc.device).normal_rsample_fwd(loc, scale, sample_shape, seed, offset, with_log_prob)
     return reference.normal_rsample(loc, scale, sample_shape, seed, offset, with_log_prob)
 
 
@@ -158,8 +166,8 @@ def normal_rsample_backward(grad_z, grad_log_prob, scale, seed_offset):
     if grad_z is None and grad_log_prob is None:
         return torch.zeros_like(scale)
     seed, offset = rng.unpack_seed_offset(seed_offset)
-    if uses_triton(scale.device):
-        return _triton()[1].normal_rsample_bwd(grad_z, grad_log_prob, scale, seed, offset)
+    if uses_gpu_kernels(scale.device):
+        return _launchers(scale.device).normal_rsample_bwd(grad_z, grad_log_prob, scale, seed, offset)
     return reference.normal_rsample_backward(grad_z, grad_log_prob, scale, seed, offset)
 
 
@@ -204,8 +212,8 @@ def _log_prob_shape(value, loc, scale):
 )
 def normal_log_prob(value, loc, scale):
     _log_prob_shape(value, loc, scale)
-    if uses_triton(value.device):
-        return _triton()[2].normal_log_prob_fwd(value, loc, scale)
+    if uses_gpu_kernels(value.device):
+        return _launchers(value.device).normal_log_prob_fwd(value, loc, scale)
     return reference.normal_log_prob(value, loc, scale)
 
 
@@ -220,8 +228,8 @@ def _(value, loc, scale):
 )
 def normal_log_prob_backward(grad, value, loc, scale, output_mask):
     """(grad_value, grad_loc, grad_scale); an unneeded one (output_mask False) is an empty tensor."""
-    if uses_triton(value.device):
-        grads = _triton()[2].normal_log_prob_bwd(grad, value, loc, scale, output_mask)
+    if uses_gpu_kernels(value.device):
+        grads = _launchers(value.device).normal_log_prob_bwd(grad, value, loc, scale, output_mask)
     else:
         grads = reference.normal_log_prob_backward(grad, value, loc, scale, output_mask)
     return tuple(g if g is not None else t.new_empty(0) for g, t in zip(grads, (value, loc, scale)))
