@@ -44,14 +44,12 @@ FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 def _mul_hi_lo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact (hi, lo) 32-bit words of a * m for uint32 values held in int64.
 
-    The full product needs 64 unsigned bits, which int64 cannot hold, so ``a`` is split
-    into 16-bit halves and every partial product stays below 2**49.
+    The full product needs 64 unsigned bits. int64 multiplication wraps modulo 2**64 (two's
+    complement), so the product's bit pattern is exact; an arithmetic shift then a mask reads
+    bits 32..63 whatever the sign. (The known-answer tests check this on every run.)
     """
-    a_hi, a_lo = a >> 16, a & 0xFFFF
-    t = a_lo * m
-    hi = (a_hi * m + (t >> 16)) >> 16
-    lo = (a * m) & MASK32  # int64 wraps modulo 2**64; the low 32 bits are exact
-    return hi & MASK32, lo
+    p = a * m
+    return (p >> 32) & MASK32, p & MASK32
 
 
 def philox4x32(counter: torch.Tensor, key: torch.Tensor, rounds: int = 10) -> torch.Tensor:
