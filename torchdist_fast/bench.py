@@ -400,3 +400,42 @@ def write_outputs(data: dict, out_dir: str, stem: str) -> tuple[str, str]:
         json.dump(data, f, indent=1)
     plot(data, png_path)
     return json_path, png_path
+
+
+def summary_markdown(data: dict, path_label: str) -> str:
+    """The README's summary: per device, the largest size of each op/mode, our column against
+    eager and torch.compile. Regenerated from a results file; a test keeps README and file equal."""
+    env = data["environment"]
+    lines = []
+    for device in sorted({r["device"] for r in data["results"]}):
+        rows = [r for r in data["results"] if r["device"] == device]
+        size = max(r["size"] for r in rows)
+        dtype = rows[0]["dtype"]
+        lines.append(f"{env['devices'][device]} ({device}), {dtype}, N = 2^{size.bit_length() - 1}, {env['date'][:10]}, "
+                     f"torch {env['torch']}, triton {env['triton']} — `{path_label}`")
+        lines.append("")
+        lines.append("| op | mode | eager | torch.compile | torchdist_fast | x eager | x compile | "
+                     "saved B/el (eager / compile / ours) | Philox on CPU, x eager |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for op, mode in combos():
+            by_impl = {r["impl"]: r for r in rows if r["size"] == size and r["op"] == op and r["mode"] == mode}
+            if not {"eager", "compile", "torchdist_fast"} <= set(by_impl):
+                continue
+            e, c, o = by_impl["eager"], by_impl["compile"], by_impl["torchdist_fast"]
+            p = by_impl.get("torchdist_fast[philox]")
+            philox = "-" if p is None else f"{p['ratio_vs_eager']:.2f}"
+            saved = "-" if o["saved_bytes_per_element"] is None else " / ".join(
+                f"{r['saved_bytes_per_element']:.1f}" for r in (e, c, o))
+            lines.append(f"| {op} | {mode} | {_fmt_time(e['median_s'])} | {_fmt_time(c['median_s'])} | "
+                         f"{_fmt_time(o['median_s'])} | {o['ratio_vs_eager']:.2f} | {o['ratio_vs_compile']:.2f} | {saved} | "
+                         f"{philox} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    # python -m torchdist_fast.bench RESULTS.json: the README summary of a recorded run
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m torchdist_fast.bench RESULTS.json")
+    with open(sys.argv[1]) as f:
+        print(summary_markdown(json.load(f), sys.argv[1]), end="")

@@ -1,0 +1,30 @@
+"""The README's benchmark summary is exactly what the committed results file says."""
+import json
+import re
+from pathlib import Path
+
+from torchdist_fast import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- bench-summary:start -->", "<!-- bench-summary:end -->"
+
+
+def test_readme_summary_matches_committed_results():
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(START, 1)[1].split(END, 1)[0]
+    paths = re.findall(r"`(benchmarks/results/[^`]+\.json)`", block)
+    assert paths, "the summary must name its results file"
+    expected = "".join(
+        bench.summary_markdown(json.loads((ROOT / p).read_text()), p) for p in dict.fromkeys(paths)
+    )
+    assert block.strip() == expected.strip()
+
+
+def test_results_files_are_complete():
+    files = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+    assert files, "no recorded results"
+    for f in files:
+        data = json.loads(f.read_text())
+        assert data["schema_version"] == bench.SCHEMA_VERSION
+        assert data["environment"]["devices"] and data["environment"]["torch"]
+        assert f.with_suffix(".png").exists()
