@@ -1,5 +1,24 @@
-"""Assertions shared by the tests."""
+"""Assertions and data shared by the tests."""
+from pathlib import Path
+
+import pytest
 import torch
+
+KAT_FILE = Path(__file__).resolve().parents[2] / "shared" / "philox_kat.txt"
+
+
+def kat_rows():
+    """(rounds, [ctr0..3, key0..1, expected0..3]) for every line of ../shared/philox_kat.txt."""
+    if not KAT_FILE.exists():
+        pytest.skip(f"{KAT_FILE} not found (../shared beside the checkout)")
+    rows = []
+    for line in KAT_FILE.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, rounds, *words = line.split()
+        assert name == "philox4x32"
+        rows.append((int(rounds), [int(w, 16) for w in words]))
+    return rows
 
 # (dtype, atol, rtol) for comparing a kernel with the reference: float math differs only in
 # rounding (log/cos/sin of different libraries, fused multiply-add), half types by one ulp.

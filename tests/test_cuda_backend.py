@@ -27,13 +27,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TOLERANCES, assert_close
+from helpers import TOLERANCES, assert_close, kat_rows
 
 from torchdist_fast import cuda_backend, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "kernels"
-KAT_FILE = Path(__file__).resolve().parents[2] / "shared" / "philox_kat.txt"
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 BWD_TOLERANCES = [
     (torch.float32, 1e-4, 1e-4),
@@ -154,21 +153,8 @@ def _i64_array(values):
 
 
 # ---------------------------------------------------------------------------------- Philox words
-def _kat_rows():
-    if not KAT_FILE.exists():
-        pytest.skip(f"{KAT_FILE} not found (../shared beside the checkout)")
-    rows = []
-    for line in KAT_FILE.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name, rounds, *words = line.split()
-        assert name == "philox4x32"
-        rows.append((int(rounds), [int(w, 16) for w in words]))
-    return rows
-
-
 def test_kat_vectors_exact(host_lib):
-    rows = _kat_rows()
+    rows = kat_rows()
     assert len(rows) == 6 and {r for r, _ in rows} == {7, 10}
     for rounds, words in rows:
         ctr = (ctypes.c_uint32 * 4)(*words[:4])

@@ -1,31 +1,13 @@
 """The Philox4x32-10 stream: known answers, reference == Triton kernel, layout promises."""
-from pathlib import Path
-
 import pytest
 import torch
-from helpers import TOLERANCES, assert_close
+from helpers import TOLERANCES, assert_close, kat_rows
 
 import torchdist_fast
 from torchdist_fast import reference, rng
 
-KAT_FILE = Path(__file__).resolve().parents[2] / "shared" / "philox_kat.txt"
-
-
-def _kat_lines():
-    if not KAT_FILE.exists():
-        pytest.skip(f"{KAT_FILE} not found (../shared beside the checkout)")
-    rows = []
-    for line in KAT_FILE.read_text().splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name, rounds, *words = line.split()
-        assert name == "philox4x32"
-        rows.append((int(rounds), [int(w, 16) for w in words]))
-    return rows
-
-
 def test_kat_vectors_exact():
-    rows = _kat_lines()
+    rows = kat_rows()
     assert len(rows) == 6 and {r for r, _ in rows} == {7, 10}
     for rounds, words in rows:
         out = reference.philox4x32(torch.tensor(words[:4]), torch.tensor(words[4:6]), rounds)
@@ -34,7 +16,7 @@ def test_kat_vectors_exact():
 
 def test_kat_vectors_batched():
     # the same vectors in one batched call: vectorization must not mix rows
-    rows = [w for r, w in _kat_lines() if r == 10]
+    rows = [w for r, w in kat_rows() if r == 10]
     out = reference.philox4x32(torch.tensor([w[:4] for w in rows]), torch.tensor([w[4:6] for w in rows]))
     assert out.tolist() == [w[6:] for w in rows]
 
