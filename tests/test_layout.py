@@ -1,0 +1,56 @@
+"""Broadcast layout of the kernels: dimension coalescing, and 64-bit offsets past 2**31."""
+import pytest
+import torch
+
+from conftest import INTERPRET
+
+if INTERPRET:
+    import triton
+    import triton.language as tl
+
+    from torchdist_fast.triton_kernels.layout import _broadcast_offset
+
+    @triton.jit
+    def _offset_probe(out_ptr, base, s1, s2, s3, t0, t1, t2, t3, BLOCK: tl.constexpr):
+        idx = base + tl.arange(0, BLOCK).to(tl.int64)
+        tl.store(out_ptr + tl.arange(0, BLOCK), _broadcast_offset(idx, s1, s2, s3, t0, t1, t2, t3))
+
+
+def test_coalesce_merges_contiguous_dims_and_drops_size_one():
+    from torchdist_fast.triton_kernels.layout import coalesce
+
+    # a contiguous (2, 3, 4) tensor and a scale broadcast along the last dim's complement
+    assert coalesce((2, 3, 4), [(12, 4, 1)]) == [(24, [1])]
+    assert coalesce((2, 1, 4), [(4, 4, 1), (0, 0, 1)]) == [(2, [4, 0]), (4, [1, 1])]
+    assert coalesce((5, 6), [(0, 1), (6, 1)]) == [(5, [0, 6]), (6, [1, 1])]
+
+
+def test_broadcast_layout_pads_inner_dims_and_falls_back_past_four():
+    from torchdist_fast.triton_kernels.layout import MAX_DIMS, broadcast_args, broadcast_layout
+
+    loc = torch.randn(3, 1)
+    sizes, strides = broadcast_layout((2, 3, 5), loc)
+    assert sizes[1:] == [3, 5, 1] and len(sizes) == MAX_DIMS  # (2, 3, 5): loc strides (0, 1, 0)
+    assert strides == [[0, 1, 0, 0]]
+    # alternating broadcast over 6 dims does not coalesce into 4: expanded copies instead
+    a = torch.randn(2, 1, 2, 1, 2, 1)
+    b = torch.randn(1, 2, 1, 2, 1, 2)
+    assert broadcast_layout((2,) * 6, a, b) is None
+    (a2, b2), flat = broadcast_args((2,) * 6, a, b)
+    assert a2.is_contiguous() and a2.shape == (2,) * 6 and torch.equal(a2, a.expand(2, 2, 2, 2, 2, 2))
+
+
+@pytest.mark.interpreter
+@pytest.mark.skipif(not INTERPRET, reason="runs the jit helper through the interpreter")
+def test_broadcast_offset_is_64_bit():
+    base = 3 * 2**33 + 5  # flat output indices far past 2**31
+    sizes, strides = (7, 5, 1000), (4 * 2**20, 2**20, 1000, 1)
+    out = torch.empty(16, dtype=torch.int64)
+    _offset_probe[(1,)](out, base, *sizes, *strides, BLOCK=16)
+    expected = []
+    for j in range(base, base + 16):
+        i3, rest = j % 1000, j // 1000
+        i2, rest = rest % 5, rest // 5
+        i1, i0 = rest % 7, rest // 7
+        expected.append(i0 * strides[0] + i1 * strides[1] + i2 * strides[2] + i3 * strides[3])
+    assert out.tolist() == expected
