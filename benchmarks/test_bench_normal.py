@@ -28,7 +28,7 @@ def compiled():
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("op,mode", bench.combos())
-@pytest.mark.parametrize("device,size", CASES, ids=[f"{d}-2^{n.bit_length() - 1}" for d, n in CASES])
+@pytest.mark.parametrize("device,size", CASES, ids=[f"{d}-{n}" for d, n in CASES])
 def test_normal(benchmark, compiled, device, size, op, mode, impl):
     cls, is_compiled, ctx = bench.implementations(device)[impl]
     work = bench.make_work(cls, op, mode)

@@ -86,3 +86,14 @@ def test_cli_rejects_out_that_is_a_file(tmp_path):
     f.write_text("x")
     res = _run_cli("--out", str(f), timeout=60)
     assert res.returncode == 2 and "not a folder" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_pytest_benchmark_suite_runs():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", os.path.join(root, "benchmarks"), "-q", "-p", "no:cacheprovider",
+         "--benchmark-disable", "-k", "cpu-4096 and rsample_and_log_prob and fwd+bwd"],
+        capture_output=True, text=True, timeout=300, cwd=root,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "3 passed" in res.stdout
