@@ -1,5 +1,6 @@
 """torchdist_fast: fused Philox / Normal kernels behind a drop-in torch.distributions.Normal."""
 from . import ops  # noqa: F401  (registers torch.ops.torchdist_fast.*)
+from . import streams  # noqa: F401  (per-rank seeds: torchdist_fast.streams.rank_seed)
 from .backend import (
     cpu_kernel,
     cpu_sampling,

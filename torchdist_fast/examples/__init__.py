@@ -1,0 +1,1 @@
+"""Examples people run: ``python -m torchdist_fast.examples.vae``, ``.reinforce``, ``.distributed``."""
