@@ -241,11 +241,12 @@ def environment(devices) -> dict:
 
     env["torchdist_fast"] = torchdist_fast.__version__
     for d in devices:
-        env["devices"][d] = torch.cuda.get_device_name() if d == "cuda" else _cpu_name()
+        env["devices"][d] = torch.cuda.get_device_name() if d == "cuda" else cpu_name()
     return env
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -222,16 +222,9 @@ def peak_bytes(device: torch.device) -> int | None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
+    from torchdist_fast.bench import cpu_name
 
-    return platform.processor() or "CPU"
+    return cpu_name()
 
 
 def describe_run(device: torch.device, sampling: str | None) -> str:
