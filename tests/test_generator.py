@@ -174,7 +174,6 @@ def test_cuda_and_cpu_reference_same_numbers():
 
 @pytest.mark.gpu
 def test_cuda_graph_capture_refuses_instead_of_replaying_noise():
-    loc = torch.zeros(16, device="cuda")
     graph = torch.cuda.CUDAGraph()
     with pytest.raises(RuntimeError, match="CUDA graph capture"):
         with torch.cuda.graph(graph):

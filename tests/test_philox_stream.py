@@ -3,7 +3,7 @@ import pytest
 import torch
 from helpers import TOLERANCES, assert_close, kat_rows
 
-import torchdist_fast
+import torchdist_fast  # noqa: F401  (registers the ops)
 from torchdist_fast import reference, rng
 
 def test_kat_vectors_exact():

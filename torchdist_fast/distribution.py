@@ -36,7 +36,7 @@ import math
 import types
 
 import torch
-from torch.distributions import Distribution, constraints
+from torch.distributions import constraints
 from torch.distributions.utils import _standard_normal, broadcast_all, lazy_property
 from torch.types import _Number
 

@@ -276,3 +276,20 @@ def plot_curves(path: Path, curves: dict, *, xlabel: str, ylabel: str, title: st
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def write_report(out: Path, png_name: str, json_name: str, curves: dict, *, xlabel: str, ylabel: str,
+                 title: str, record: dict, device: torch.device, sampling: str | None) -> None:
+    """The PNG of the curves and the JSON of ``record`` plus device and versions, into ``out``."""
+    import json
+
+    png = out / png_name
+    if plot_curves(png, curves, xlabel=xlabel, ylabel=ylabel, title=title):
+        print(f"wrote {png}")
+    else:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+    path = out / json_name
+    with open(path, "w") as f:
+        json.dump({**record, "device": str(device), "device_name": device_name(device),
+                   "cpu_sampling": sampling, "torch": torch.__version__}, f, indent=1)
+    print(f"wrote {path}")

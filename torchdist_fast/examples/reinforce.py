@@ -26,7 +26,6 @@ training, and environment steps per second (first iteration excluded). Written t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -218,17 +217,10 @@ def main(argv=None) -> int:
         [[r["impl"], f"{r['eval_before']:.3f}", f"{r['eval_after']:.3f}",
           "-" if r["steps_per_s"] is None else f"{r['steps_per_s']:,.0f}", C.mib(r["peak_bytes"])] for r in runs]))
 
-    png = out / "reinforce_return.png"
     curves = {r["impl"]: (list(range(1, cfg.iterations + 1)), r["returns"]) for r in runs}
-    if C.plot_curves(png, curves, xlabel="iteration", ylabel="mean return per episode",
-                     title=f"REINFORCE, {cfg.envs} point masses, {C.run_label(device, args.cpu_sampling)}\ntorch.distributions vs torchdist_fast"):
-        print(f"wrote {png}")
-    else:
-        print("matplotlib is not installed: no plot (pip install matplotlib)")
-    with open(out / "reinforce.json", "w") as f:
-        json.dump({"config": asdict(cfg), "device": str(device), "device_name": C.device_name(device),
-                   "cpu_sampling": args.cpu_sampling, "torch": torch.__version__, "runs": runs}, f, indent=1)
-    print(f"wrote {out / 'reinforce.json'}")
+    C.write_report(out, "reinforce_return.png", "reinforce.json", curves, xlabel="iteration", ylabel="mean return per episode",
+                   title=f"REINFORCE, {cfg.envs} point masses, {C.run_label(device, args.cpu_sampling)}\ntorch.distributions vs torchdist_fast",
+                   record={"config": asdict(cfg), "runs": runs}, device=device, sampling=args.cpu_sampling)
     return 0
 
 

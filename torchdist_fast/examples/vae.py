@@ -28,7 +28,6 @@ noise, the same distribution).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -237,17 +236,10 @@ def main(argv=None) -> int:
           "-" if r["samples_per_s"] is None else f"{r['samples_per_s']:,.0f}",
           C.mib(r["saved_bytes_per_step"]), C.mib(r["peak_bytes"])] for r in runs]))
 
-    png = out / "vae_elbo.png"
     curves = {r["impl"]: (list(range(1, len(r["step_elbo"]) + 1)), r["step_elbo"]) for r in runs}
-    if C.plot_curves(png, curves, xlabel="training step", ylabel="ELBO (nats/image, training batch)",
-                     title=f"VAE, batch {cfg.batch_size}, {C.run_label(device, args.cpu_sampling)}\ntorch.distributions vs torchdist_fast"):
-        print(f"wrote {png}")
-    else:
-        print("matplotlib is not installed: no plot (pip install matplotlib)")
-    with open(out / "vae.json", "w") as f:
-        json.dump({"config": asdict(cfg), "device": str(device), "device_name": C.device_name(device),
-                   "cpu_sampling": args.cpu_sampling, "torch": torch.__version__, "runs": runs}, f, indent=1)
-    print(f"wrote {out / 'vae.json'}")
+    C.write_report(out, "vae_elbo.png", "vae.json", curves, xlabel="training step", ylabel="ELBO (nats/image, training batch)",
+                   title=f"VAE, batch {cfg.batch_size}, {C.run_label(device, args.cpu_sampling)}\ntorch.distributions vs torchdist_fast",
+                   record={"config": asdict(cfg), "runs": runs}, device=device, sampling=args.cpu_sampling)
     return 0
 
 

@@ -4,10 +4,8 @@ Broadcasting without copies: every input is described by its strides over the ou
 (0 along broadcast dimensions). Dimensions are coalesced where every operand allows it, and the
 kernel maps a flat output index to an element offset through at most ``MAX_DIMS`` dimensions.
 """
-import math
-
 import triton
-import triton.language as tl
+import triton.language as tl  # noqa: F401  (Triton needs it visible to the jit'd helpers)
 
 MAX_DIMS = 4
 

@@ -11,7 +11,7 @@ import triton.language as tl
 
 from .. import reference
 from ..reference import compute_dtype, reduce_to
-from .layout import _broadcast_offset, block_counters, broadcast_args, grid_for
+from .layout import _broadcast_offset, block_counters, broadcast_args
 
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
 
