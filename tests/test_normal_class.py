@@ -1,9 +1,7 @@
 """torchdist_fast.Normal as a class: routing per device and mode, agreement with
 torch.distributions.Normal, the additions (rsample_and_log_prob, sample_and_log_prob,
-generator=), sync-free validation, torch.compile, and patch()."""
+generator=), sync-free validation and torch.compile (patch() is in test_patch.py)."""
 import pickle
-import sys
-import types
 
 import pytest
 import torch
@@ -535,59 +533,6 @@ def test_compile_validation_failure_raises_at_run_time():
         step(loc, torch.tensor([0.0, float("-inf"), 0.0]))  # exp(-inf) = 0: not positive
     with pytest.raises(RuntimeError, match="Expected parameter loc"):
         step(torch.tensor([0.0, float("nan"), 0.0]), torch.zeros(3))
-
-
-# ---------------------------------------------------------------- patch()
-def test_patch_swaps_and_restores():
-    assert torch.distributions.Normal is TorchNormal
-    with torchdist_fast.patch():
-        assert torch.distributions.Normal is Normal and torch.distributions.normal.Normal is Normal
-        d = torch.distributions.Normal(torch.zeros(3), torch.ones(3))
-        assert type(d) is Normal
-        # kl registrations still match, both with ours and with torch's class
-        assert kl_divergence(d, TorchNormal(1.0, 2.0)).shape == (3,)
-        assert kl_divergence(d, torch.distributions.Normal(1.0, 2.0)).shape == (3,)
-        assert type(pickle.loads(pickle.dumps(d))) is Normal
-    assert torch.distributions.Normal is TorchNormal and torch.distributions.normal.Normal is TorchNormal
-
-
-def test_patch_restores_on_exception_nests_and_decorates():
-    with pytest.raises(KeyError):
-        with torchdist_fast.patch():
-            raise KeyError("boom")
-    assert torch.distributions.Normal is TorchNormal
-    with torchdist_fast.patch():
-        with torchdist_fast.patch():
-            assert torch.distributions.Normal is Normal
-        assert torch.distributions.Normal is Normal
-    assert torch.distributions.Normal is TorchNormal
-
-    @torchdist_fast.patch()
-    def build():
-        return torch.distributions.Normal(0.0, 1.0)
-
-    assert type(build()) is Normal and type(build()) is Normal
-    assert torch.distributions.Normal is TorchNormal
-
-
-def test_patch_rebinds_names_in_given_modules():
-    module = types.ModuleType("fake_third_party_policy")
-    exec("from torch.distributions import Normal\nGaussian = Normal\n"
-         "def make(loc, scale):\n    return Normal(loc, scale)\n", module.__dict__)
-    sys.modules[module.__name__] = module
-    try:
-        assert type(module.make(0.0, 1.0)) is TorchNormal
-        with torchdist_fast.patch(module):
-            assert type(module.make(0.0, 1.0)) is Normal and module.Gaussian is Normal
-        with torchdist_fast.patch("fake_third_party_policy"):
-            assert type(module.make(0.0, 1.0)) is Normal
-        assert module.Normal is TorchNormal and module.Gaussian is TorchNormal
-        with pytest.raises(TypeError):
-            with torchdist_fast.patch(42):
-                pass
-        assert torch.distributions.Normal is TorchNormal
-    finally:
-        del sys.modules[module.__name__]
 
 
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)

@@ -16,7 +16,8 @@ from torch.distributions.exp_family import ExponentialFamily
 
 from helpers import assert_close
 from normal_modes import default_validation  # noqa: F401  (autouse fixture)
-from normal_modes import MODES, sampling_mode
+import torchdist_fast
+from normal_modes import MODES, OPS_MODES, sampling_mode
 from torchdist_fast import Normal
 from torchdist_fast.distribution import _TorchNormal as TorchNormal
 
@@ -194,9 +195,20 @@ def test_icdf_accurate_near_0_and_1():
     assert edges[0] == -math.inf and edges[1] == math.inf and torch.isnan(edges[2:]).all()
 
 
+@pytest.fixture(params=["cpu_log_prob_stable"] + OPS_MODES)
+def stable_log_prob(request):
+    """The modes with the stable log_prob formula (CPU default: torch's formula, bit for bit)."""
+    if request.param == "cpu_log_prob_stable":
+        with torchdist_fast.cpu_log_prob("stable"):
+            yield
+    else:
+        with sampling_mode(request.param):
+            yield
+
+
 @pytest.mark.parametrize("scale", [1e-5, 1e-20])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_log_prob_tiny_scale_and_far_values(scale, dtype):
+def test_log_prob_tiny_scale_and_far_values(stable_log_prob, scale, dtype):
     loc = torch.tensor([0.3, -2.0, 1e3], dtype=dtype)
     d = Normal(loc, torch.tensor(scale, dtype=dtype).expand(3))
     k = torch.tensor([0.0, 1.0, -3.0, 40.0, -1e3, 1e6], dtype=torch.float64)
@@ -209,7 +221,7 @@ def test_log_prob_tiny_scale_and_far_values(scale, dtype):
     assert_close(lp.double(), expected, 0, rtol)
 
 
-def test_log_prob_far_values_without_overflow():
+def test_log_prob_far_values_without_overflow(stable_log_prob):
     # torch's formula squares (x - loc) first: 1e20**2 overflows float32 although the result
     # (-5e34 here) is a float32; y = (x - loc) / scale keeps it finite
     d = Normal(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 1e3]))

@@ -35,5 +35,5 @@ def test_opcheck(case, cpu_kernel):
 def test_opcheck_draw_seed_offset():
     # the one op with state: it advances the generator, so opcheck's repeated-call comparison
     # does not apply; schema, fake kernel and the nondeterministic_seeded tag are checked
-    torch.library.opcheck(OPS.draw_seed_offset, (torch.device("cpu"), 8), test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(OPS.draw_seed_offset, ("cpu", 8), test_utils=("test_schema", "test_faketensor"))
     assert torch.Tag.nondeterministic_seeded in OPS.draw_seed_offset.default.tags

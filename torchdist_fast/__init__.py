@@ -3,12 +3,15 @@ from . import ops  # noqa: F401  (registers torch.ops.torchdist_fast.*)
 from . import streams  # noqa: F401  (per-rank seeds: torchdist_fast.streams.rank_seed)
 from .backend import (
     cpu_kernel,
+    cpu_log_prob,
     cpu_sampling,
     get_cpu_kernel,
+    get_cpu_log_prob,
     get_cpu_sampling,
     get_gpu_kernel,
     gpu_kernel,
     set_cpu_kernel,
+    set_cpu_log_prob,
     set_cpu_sampling,
     set_gpu_kernel,
 )
@@ -27,6 +30,9 @@ __all__ = [
     "get_cpu_sampling",
     "set_cpu_kernel",
     "set_cpu_sampling",
+    "cpu_log_prob",
+    "get_cpu_log_prob",
+    "set_cpu_log_prob",
     "gpu_kernel",
     "get_gpu_kernel",
     "set_gpu_kernel",

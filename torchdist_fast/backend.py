@@ -11,6 +11,12 @@ Two settings, each with an environment variable (read at import), a setter and a
 ``cpu_sampling`` (``TORCHDIST_FAST_CPU_SAMPLING``): how ``torchdist_fast.Normal`` draws on CPU.
     "torch" (default): exactly as ``torch.distributions.Normal`` (same generator, same numbers).
     "philox": the Philox ops, the stream the GPU kernels draw for the same (seed, offset).
+``cpu_log_prob`` (``TORCHDIST_FAST_CPU_LOG_PROB``): the ``log_prob`` formula of ``torchdist_fast.Normal``
+    on CPU in the "torch" sampling mode.
+    "torch" (default): torch's own formula, bit-identical to ``torch.distributions.Normal``.
+    "stable": the fused op's formula ``-((x - loc) / scale)**2 / 2 - log(scale) - log(sqrt(2 pi))``,
+    which never forms ``scale**2`` (finite for tiny scales and far values, where torch's
+    under/overflows). The "philox" sampling mode always uses it (the numbers of the GPU path).
 ``gpu_kernel`` (``TORCHDIST_FAST_GPU_KERNEL``): what the ops run on CUDA tensors.
     "triton" (default): the Triton kernels.
     "cuda": the hand-written CUDA C++ backend (``kernels/``, built by ``python setup_cuda.py
@@ -25,6 +31,7 @@ import torch
 
 CPU_KERNELS = ("reference", "triton")
 CPU_SAMPLINGS = ("torch", "philox")
+CPU_LOG_PROBS = ("torch", "stable")
 GPU_KERNELS = ("triton", "cuda")
 
 
@@ -47,6 +54,7 @@ def _validated(name: str, value: str, choices) -> str:
 _settings = {
     "cpu_kernel": _validated("cpu_kernel", os.environ.get("TORCHDIST_FAST_CPU_KERNEL", "reference"), CPU_KERNELS),
     "cpu_sampling": _validated("cpu_sampling", os.environ.get("TORCHDIST_FAST_CPU_SAMPLING", "torch"), CPU_SAMPLINGS),
+    "cpu_log_prob": _validated("cpu_log_prob", os.environ.get("TORCHDIST_FAST_CPU_LOG_PROB", "torch"), CPU_LOG_PROBS),
     "gpu_kernel": _validated("gpu_kernel", os.environ.get("TORCHDIST_FAST_GPU_KERNEL", "triton"), GPU_KERNELS),
 }
 
@@ -85,6 +93,19 @@ def cpu_kernel(value: str):
 def cpu_sampling(value: str):
     """Context manager: ``with torchdist_fast.cpu_sampling("philox"): ...``."""
     return _setting("cpu_sampling", value, CPU_SAMPLINGS)
+
+
+def get_cpu_log_prob() -> str:
+    return _settings["cpu_log_prob"]
+
+
+def set_cpu_log_prob(value: str) -> None:
+    _settings["cpu_log_prob"] = _validated("cpu_log_prob", value, CPU_LOG_PROBS)
+
+
+def cpu_log_prob(value: str):
+    """Context manager: ``with torchdist_fast.cpu_log_prob("stable"): ...``."""
+    return _setting("cpu_log_prob", value, CPU_LOG_PROBS)
 
 
 def get_gpu_kernel() -> str:

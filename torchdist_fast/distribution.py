@@ -13,11 +13,14 @@ sample / rsample       Philox Triton ops                           ``cpu_samplin
                                                                    ``"philox"``: the Philox ops
                                                                    (same stream as the GPU)
 rsample_and_log_prob   one fused op (``normal_rsample_log_prob``)  "torch": torch's rsample, then
-                                                                   log_prob from its noise;
+                                                                   torch's log_prob formula;
                                                                    "philox": the fused op
 sample_and_log_prob    ``normal_sample`` + ``normal_log_prob``      sample, then ``log_prob``
-log_prob               fused op (``normal_log_prob``)              the reference op's formula in
-                                                                   plain torch ops (see Normal)
+log_prob               fused op (``normal_log_prob``)              "torch": torch's formula (bit
+                                                                   for bit); "philox" or
+                                                                   ``cpu_log_prob("stable")``: the
+                                                                   fused op's formula
+entropy, mean, ...     torch's code                                torch's code
 cdf / icdf             ``torch.erfc`` / ``torch.special.ndtri``    the same
 validation             ``torch._assert_async`` (no host sync)      torch's checks and messages
 =====================  ==========================================  =================================
@@ -31,20 +34,19 @@ back to torch's own code, so they behave (and fail) exactly as ``torch.distribut
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
-import types
+import threading
 
 import torch
 from torch.distributions import constraints
-from torch.distributions.utils import _standard_normal, broadcast_all, lazy_property
+from torch.distributions.utils import broadcast_all, lazy_property
 from torch.types import _Number
 
 from . import ops  # noqa: F401  (registers torch.ops.torchdist_fast)
-from .backend import get_cpu_sampling, uses_gpu_kernels
+from .backend import get_cpu_log_prob, get_cpu_sampling, uses_gpu_kernels
 from .functional import draw_seed_offset
 
-__all__ = ["Normal", "patch"]
+__all__ = ["Normal", "patch", "is_patched"]
 
 # torch's class, captured at import (before any patch() can rebind the name)
 _TorchNormal = torch.distributions.normal.Normal
@@ -118,6 +120,160 @@ def _ops_device(t: torch.Tensor) -> bool:
     return kind == "cuda" or (kind == "cpu" and get_cpu_sampling() == "philox")
 
 
+def _stable_log_prob_on(device: torch.device) -> bool:
+    """Whether ``log_prob`` on ``device`` takes the fused op's formula instead of torch's.
+
+    CUDA (and CPU under ``cpu_kernel("triton")``): the fused kernel. CPU: only under
+    ``cpu_sampling("philox")`` (the device-consistent mode) or ``cpu_log_prob("stable")``; the
+    default is torch's own formula, bit for bit.
+    """
+    if uses_gpu_kernels(device):
+        return True
+    return device.type == "cpu" and (get_cpu_sampling() == "philox" or get_cpu_log_prob() == "stable")
+
+
+# torch's own methods, captured at import: the fallbacks of the routed functions below, and what
+# patch() restores
+_TORCH_METHODS = {name: _TorchNormal.__dict__[name] for name in ("rsample", "sample", "log_prob")}
+
+
+def _torch_log_prob(d, value):
+    """torch's ``Normal.log_prob`` formula, line for line, without its validation."""
+    var = d.scale**2
+    log_scale = math.log(d.scale) if isinstance(d.scale, _Number) else d.scale.log()
+    return -((value - d.loc) ** 2) / (2 * var) - log_scale - _LOG_SQRT_2PI
+
+
+# ---------------------------------------------------------------------------------- routing
+# Module functions rather than methods: they are ``torchdist_fast.Normal``'s methods and, inside
+# ``patch()``, also those of torch's class (so of every subclass that does not override them).
+# They use no ``super()`` and nothing but torch's own attributes of ``d``.
+def _sample_params(d, promote: bool):
+    """(loc, scale) of one float dtype for the Philox ops, or None to use torch's code.
+
+    ``promote``: the dtype of ``rsample`` (promote(loc, scale)); else that of ``sample``
+    (``torch.normal``: loc's dtype).
+    """
+    loc, scale = d.loc, d.scale
+    if not (isinstance(loc, torch.Tensor) and isinstance(scale, torch.Tensor)) or not _ops_device(loc):
+        return None
+    if loc.device != scale.device:
+        return None
+    if loc.dtype not in _FLOAT_DTYPES or scale.dtype not in _FLOAT_DTYPES:
+        return None
+    dtype = _promote_float(loc.dtype, scale.dtype) if promote else loc.dtype
+    return loc.to(dtype), scale.to(dtype)
+
+
+def _log_prob_args(d, value):
+    """(value, loc, scale) of one float dtype for the stable formula, or None for torch's."""
+    loc, scale = d.loc, d.scale
+    if not (isinstance(value, torch.Tensor) and isinstance(loc, torch.Tensor) and isinstance(scale, torch.Tensor)):
+        return None
+    if loc.dtype != scale.dtype or loc.dtype not in _FLOAT_DTYPES:
+        return None
+    if value.dtype.is_complex or value.dtype == torch.bool:  # torch: complex result / RuntimeError
+        return None
+    device = loc.device
+    if value.device != device or scale.device != device or not _stable_log_prob_on(device):
+        return None
+    # torch's formula promotes (value, loc, scale); with loc and scale of one dtype and shape
+    # that is result_type(value, loc)
+    dtype = _result_type(value, loc)
+    if dtype not in _FLOAT_DTYPES:
+        return None
+    if value.dtype != dtype:
+        value = value.to(dtype)
+    if loc.dtype != dtype:
+        loc, scale = loc.to(dtype), scale.to(dtype)
+    return value, loc, scale
+
+
+def _log_prob_unchecked(d, value):
+    args = _log_prob_args(d, value)
+    if args is None:
+        return _torch_log_prob(d, value)
+    if uses_gpu_kernels(args[0].device):  # CUDA (and CPU under cpu_kernel("triton")): the fused kernel
+        return torch.ops.torchdist_fast.normal_log_prob(*args)
+    return _log_prob_formula(*args)
+
+
+def _log_prob(self, value):
+    """Log density of ``value``.
+
+    CPU by default: torch's formula, bit for bit. CUDA, ``cpu_sampling("philox")`` and
+    ``cpu_log_prob("stable")``: the fused op's formula (see the class docstring).
+    """
+    if self._validate_args:
+        self._validate_sample(value)
+    return _log_prob_unchecked(self, value)
+
+
+def _rsample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Reparameterized sample: the Philox op on CUDA (and CPU Philox mode), else torch's code."""
+    params = _sample_params(self, promote=True)
+    if params is None:
+        if generator is None:
+            return _TORCH_METHODS["rsample"](self, sample_shape)
+        # torch's rsample with the generator given to the noise
+        shape = self._extended_shape(sample_shape)
+        eps = torch.empty(shape, dtype=self.loc.dtype, device=self.loc.device).normal_(generator=generator)
+        return self.loc + eps * self.scale
+    sample_shape = torch.Size(sample_shape)
+    numel = _checked_numel(self._extended_shape(sample_shape))
+    seed_offset = draw_seed_offset(params[0].device, numel, generator)
+    return torch.ops.torchdist_fast.normal_rsample(*params, list(sample_shape), seed_offset)
+
+
+def _sample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample without gradient: the Philox op on CUDA (and CPU Philox mode), else torch's code."""
+    params = _sample_params(self, promote=False)
+    if params is None:
+        if generator is None:
+            return _TORCH_METHODS["sample"](self, sample_shape)
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            return torch.normal(self.loc.expand(shape), self.scale.expand(shape), generator=generator)
+    sample_shape = torch.Size(sample_shape)
+    numel = _checked_numel(self._extended_shape(sample_shape))
+    if not self._validate_args:
+        # torch.normal refuses a negative or NaN std even without validation (on CUDA with
+        # a host sync); here asynchronously, on batch_shape elements only
+        torch._assert_async((params[1] >= 0).all(), "normal expects all elements of std >= 0.0")
+    seed_offset = draw_seed_offset(params[0].device, numel, generator)
+    with torch.no_grad():
+        return torch.ops.torchdist_fast.normal_sample(*params, list(sample_shape), seed_offset)
+
+
+def _rsample_and_log_prob(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None):
+    """``(z, log_prob(z))`` with ``z = rsample(sample_shape)``, gradients as ``log_prob(rsample())``.
+
+    On the Philox path one fused kernel writes both (log_prob from the noise in registers:
+    ``-eps**2/2 - log(scale) - log(sqrt(2 pi))``) and its backward regenerates the noise. On
+    CPU by default it is torch's ``rsample`` then torch's ``log_prob`` formula: the same numbers
+    and gradients as ``d.log_prob(d.rsample())`` with ``torch.distributions.Normal``.
+    """
+    params = _sample_params(self, promote=True)
+    if params is None:
+        z = _rsample(self, sample_shape, generator=generator)
+        return z, _log_prob_unchecked(self, z)
+    sample_shape = torch.Size(sample_shape)
+    numel = _checked_numel(self._extended_shape(sample_shape))
+    seed_offset = draw_seed_offset(params[0].device, numel, generator)
+    z, log_prob = torch.ops.torchdist_fast.normal_rsample_log_prob(*params, list(sample_shape), seed_offset)
+    return z, log_prob
+
+
+def _sample_and_log_prob(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None):
+    """``(z, log_prob(z))`` with ``z = sample(sample_shape)`` (no gradient through ``z``).
+
+    ``log_prob`` carries the score-function gradients (w.r.t. loc and scale with ``z``
+    fixed), as ``d.log_prob(d.sample())`` does: what REINFORCE/PPO need.
+    """
+    z = _sample(self, sample_shape, generator=generator)
+    return z, _log_prob_unchecked(self, z)
+
+
 class Normal(_TorchNormal):
     r"""Normal (Gaussian) distribution with mean ``loc`` and standard deviation ``scale``.
 
@@ -139,16 +295,16 @@ class Normal(_TorchNormal):
       * ``sample``/``rsample``/``sample_and_log_prob``/``rsample_and_log_prob`` take an optional
         keyword ``generator=`` (a ``torch.Generator`` of the parameters' device).
 
-    ``log_prob`` (decision: accuracy and speed over bit-identity with torch's formula) computes
-    ``y = (x - loc) / scale; -y*y/2 - log(scale) - log(sqrt(2 pi))`` (half types in float32):
-    on CUDA in the fused kernel, on CPU the same formula in plain torch ops (the CPU reference
-    op's math without custom-op dispatch; faster than torch's formula, forward and backward).
-    It is *not* bit-identical to torch's ``-(x - loc)**2 / (2 * scale**2) - log(scale) - ...``:
-    it agrees to float rounding (a few ulp) and, never forming ``scale**2`` or ``(x - loc)**2``,
-    stays finite and accurate for tiny scales (1e-20 in float32) and far values where torch's
-    under/overflows. Samples, in the default CPU mode, *are* bit-identical.
-    ``rsample_and_log_prob`` computes ``log_prob`` from the noise: ``-eps**2/2 - log(scale) - ...``
-    (on CPU "torch" mode after drawing exactly as torch's ``rsample``).
+    ``log_prob``: on CPU by default torch's own formula, bit for bit (values, gradients,
+    errors), so a swapped-in ``Normal`` moves no CPU training run. The fused op's formula
+    ``y = (x - loc) / scale; -y*y/2 - log(scale) - log(sqrt(2 pi))`` (half types in float32)
+    runs on CUDA (in the fused kernel), in the CPU "philox" mode, and under
+    ``torchdist_fast.cpu_log_prob("stable")``: it agrees with torch's to float rounding (a few
+    ulp) and, never forming ``scale**2`` or ``(x - loc)**2``, stays finite and accurate for tiny
+    scales (1e-20 in float32) and far values where torch's under/overflows.
+    ``rsample_and_log_prob`` on the Philox path computes ``log_prob`` from the noise:
+    ``-eps**2/2 - log(scale) - ...``; on CPU by default it is torch's ``rsample`` and torch's
+    formula (the numbers of ``log_prob(rsample())``).
 
     ``cdf`` is ``erfc(-(x - loc) / (scale sqrt 2)) / 2``: relative error below 1e-13 (float64)
     and 2e-6 (float32) in the lower tail, where torch's ``0.5 * (1 + erf(...))`` rounds to 0
@@ -254,143 +410,15 @@ class Normal(_TorchNormal):
             "but found invalid values (checked with torch._assert_async: values not printed)",
         )
 
-    # ------------------------------------------------------------------ routing helpers
-    def _sample_params(self, promote: bool):
-        """(loc, scale) of one float dtype for the Philox ops, or None to use torch's code.
+    # ------------------------------------------------------------------ sampling and log_prob
+    # the module functions above, shared with torch's class under patch()
+    rsample = _rsample
+    sample = _sample
+    rsample_and_log_prob = _rsample_and_log_prob
+    sample_and_log_prob = _sample_and_log_prob
+    log_prob = _log_prob
 
-        ``promote``: the dtype of ``rsample`` (promote(loc, scale)); else that of ``sample``
-        (``torch.normal``: loc's dtype).
-        """
-        loc, scale = self.loc, self.scale
-        if not (isinstance(loc, torch.Tensor) and isinstance(scale, torch.Tensor)) or not _ops_device(loc):
-            return None
-        if loc.device != scale.device:
-            return None
-        if loc.dtype not in _FLOAT_DTYPES or scale.dtype not in _FLOAT_DTYPES:
-            return None
-        dtype = _promote_float(loc.dtype, scale.dtype) if promote else loc.dtype
-        return loc.to(dtype), scale.to(dtype)
-
-    def _log_prob_args(self, value):
-        """(value, loc, scale) of one float dtype for ``normal_log_prob``, or None for torch's formula."""
-        loc, scale = self.loc, self.scale
-        if not (isinstance(value, torch.Tensor) and isinstance(loc, torch.Tensor) and isinstance(scale, torch.Tensor)):
-            return None
-        if loc.dtype != scale.dtype or loc.dtype not in _FLOAT_DTYPES:
-            return None
-        if value.dtype.is_complex or value.dtype == torch.bool:  # torch: complex result / RuntimeError
-            return None
-        device = loc.device
-        if value.device != device or scale.device != device or device.type not in ("cpu", "cuda"):
-            return None
-        # torch's formula promotes (value, loc, scale); with loc and scale of one dtype and shape
-        # that is result_type(value, loc)
-        dtype = _result_type(value, loc)
-        if dtype not in _FLOAT_DTYPES:
-            return None
-        if value.dtype != dtype:
-            value = value.to(dtype)
-        if loc.dtype != dtype:
-            loc, scale = loc.to(dtype), scale.to(dtype)
-        return value, loc, scale
-
-    def _torch_log_prob(self, value):
-        """torch's formula (no validation): the fallback for inputs the op does not take."""
-        var = self.scale**2
-        log_scale = math.log(self.scale) if isinstance(self.scale, _Number) else self.scale.log()
-        return -((value - self.loc) ** 2) / (2 * var) - log_scale - _LOG_SQRT_2PI
-
-    def _log_prob_unchecked(self, value):
-        args = self._log_prob_args(value)
-        if args is None:
-            return self._torch_log_prob(value)
-        if uses_gpu_kernels(args[0].device):  # CUDA (and CPU under cpu_kernel("triton")): the fused kernel
-            return torch.ops.torchdist_fast.normal_log_prob(*args)
-        return _log_prob_formula(*args)
-
-    def _torch_mode_rsample_and_log_prob(self, sample_shape, generator):
-        """rsample exactly as torch (same draw, same z) and log_prob from its noise, or None."""
-        loc, scale = self.loc, self.scale
-        if loc.dtype != scale.dtype or loc.dtype not in _FLOAT_DTYPES or loc.device != scale.device:
-            return None
-        shape = self._extended_shape(sample_shape)
-        # torch.distributions.Normal.rsample, line for line (the class tests check bit-identity)
-        if generator is None:
-            eps = _standard_normal(shape, dtype=loc.dtype, device=loc.device)
-        else:
-            eps = torch.empty(shape, dtype=loc.dtype, device=loc.device).normal_(generator=generator)
-        z = loc + eps * scale
-        cdt = torch.float64 if loc.dtype == torch.float64 else torch.float32
-        eps_c = eps.to(cdt)
-        log_prob = -0.5 * (eps_c * eps_c) - scale.to(cdt).log() - _LOG_SQRT_2PI
-        return z, log_prob.to(loc.dtype)
-
-    # ------------------------------------------------------------------ sampling
-    def rsample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
-        params = self._sample_params(promote=True)
-        if params is None:
-            if generator is None:
-                return super().rsample(sample_shape)
-            shape = self._extended_shape(sample_shape)
-            eps = torch.empty(shape, dtype=self.loc.dtype, device=self.loc.device).normal_(generator=generator)
-            return self.loc + eps * self.scale
-        sample_shape = torch.Size(sample_shape)
-        numel = _checked_numel(self._extended_shape(sample_shape))
-        seed_offset = draw_seed_offset(params[0].device, numel, generator)
-        return torch.ops.torchdist_fast.normal_rsample(*params, list(sample_shape), seed_offset)
-
-    def sample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
-        params = self._sample_params(promote=False)
-        if params is None:
-            if generator is None:
-                return super().sample(sample_shape)
-            shape = self._extended_shape(sample_shape)
-            with torch.no_grad():
-                return torch.normal(self.loc.expand(shape), self.scale.expand(shape), generator=generator)
-        sample_shape = torch.Size(sample_shape)
-        numel = _checked_numel(self._extended_shape(sample_shape))
-        if not self._validate_args:
-            # torch.normal refuses a negative or NaN std even without validation (on CUDA with
-            # a host sync); here asynchronously, on batch_shape elements only
-            torch._assert_async((params[1] >= 0).all(), "normal expects all elements of std >= 0.0")
-        seed_offset = draw_seed_offset(params[0].device, numel, generator)
-        with torch.no_grad():
-            return torch.ops.torchdist_fast.normal_sample(*params, list(sample_shape), seed_offset)
-
-    def rsample_and_log_prob(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None):
-        """``(z, log_prob(z))`` with ``z = rsample(sample_shape)``, gradients as ``log_prob(rsample())``.
-
-        On the Philox path one fused kernel writes both (log_prob from the noise in registers:
-        ``-eps**2/2 - log(scale) - log(sqrt(2 pi))``) and its backward regenerates the noise.
-        """
-        params = self._sample_params(promote=True)
-        if params is None:
-            out = self._torch_mode_rsample_and_log_prob(sample_shape, generator)
-            if out is not None:
-                return out
-            z = self.rsample(sample_shape, generator=generator)
-            return z, self._log_prob_unchecked(z)
-        sample_shape = torch.Size(sample_shape)
-        numel = _checked_numel(self._extended_shape(sample_shape))
-        seed_offset = draw_seed_offset(params[0].device, numel, generator)
-        z, log_prob = torch.ops.torchdist_fast.normal_rsample_log_prob(*params, list(sample_shape), seed_offset)
-        return z, log_prob
-
-    def sample_and_log_prob(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None):
-        """``(z, log_prob(z))`` with ``z = sample(sample_shape)`` (no gradient through ``z``).
-
-        ``log_prob`` carries the score-function gradients (w.r.t. loc and scale with ``z``
-        fixed), as ``d.log_prob(d.sample())`` does: what REINFORCE/PPO need.
-        """
-        z = self.sample(sample_shape, generator=generator)
-        return z, self._log_prob_unchecked(z)
-
-    # ------------------------------------------------------------------ densities
-    def log_prob(self, value):
-        if self._validate_args:
-            self._validate_sample(value)
-        return self._log_prob_unchecked(value)
-
+    # ------------------------------------------------------------------ cdf, icdf (accurate tails on every device)
     def cdf(self, value):
         if self._validate_args:
             self._validate_sample(value)
@@ -415,56 +443,85 @@ class Normal(_TorchNormal):
 
 
 # ---------------------------------------------------------------------------------- patch
-class _Patch(contextlib.ContextDecorator):
-    def __init__(self, modules):
-        self._modules = tuple(modules)
-        self._saved = []  # one frame per active __enter__ (re-entrant, nestable)
+# What patch() routes on torch's class: the sampling methods and log_prob (and the fused pairs,
+# which torch's class lacks). Construction, validation, expand, entropy, cdf/icdf, pickling and
+# the kl_divergence registrations stay torch's own.
+_ROUTED = {
+    "rsample": _rsample,
+    "sample": _sample,
+    "log_prob": _log_prob,
+    "rsample_and_log_prob": _rsample_and_log_prob,
+    "sample_and_log_prob": _sample_and_log_prob,
+}
+_MISSING = object()
 
-    def _targets(self):
-        dist = torch.distributions
-        targets = [(dist, "Normal"), (dist.normal, "Normal")]
-        for module in self._modules:
-            if isinstance(module, str):
-                module = importlib.import_module(module)
-            if not isinstance(module, types.ModuleType):
-                raise TypeError(f"torchdist_fast.patch() takes modules or module names, got {type(module).__name__}")
-            for name, value in list(vars(module).items()):
-                if value is _TorchNormal:
-                    targets.append((module, name))
-        return targets
+
+class _Patch(contextlib.ContextDecorator):
+    """Routes torch's ``Normal`` methods to torchdist_fast while any scope is open (re-entrant,
+    nestable, thread-safe; restored when the outermost scope exits, also on an exception)."""
+
+    _lock = threading.Lock()
+    _depth = 0
+    _saved: dict = {}
 
     def __enter__(self):
-        frame = [(module, name, getattr(module, name)) for module, name in self._targets()]
-        for module, name, _ in frame:
-            setattr(module, name, Normal)
-        self._saved.append(frame)
+        cls = type(self)
+        with cls._lock:
+            if cls._depth == 0:
+                cls._saved = {name: _TorchNormal.__dict__.get(name, _MISSING) for name in _ROUTED}
+                for name, fn in _ROUTED.items():
+                    setattr(_TorchNormal, name, fn)
+            cls._depth += 1
         return self
 
     def __exit__(self, *exc):
-        for module, name, old in reversed(self._saved.pop()):
-            setattr(module, name, old)
+        cls = type(self)
+        with cls._lock:
+            cls._depth -= 1
+            if cls._depth == 0:
+                for name, old in cls._saved.items():
+                    if old is _MISSING:
+                        delattr(_TorchNormal, name)
+                    else:
+                        setattr(_TorchNormal, name, old)
+                cls._saved = {}
         return False
 
 
+def is_patched() -> bool:
+    """Whether a ``patch()`` scope is open (torch's Normal routed to torchdist_fast)."""
+    return _Patch._depth > 0
+
+
 def patch(*modules) -> _Patch:
-    """Make ``torch.distributions.Normal`` resolve to ``torchdist_fast.Normal`` inside a scope.
+    """Route every ``torch.distributions.Normal`` through torchdist_fast's ops inside a scope.
 
     A context manager and a decorator::
 
         with torchdist_fast.patch():
-            d = torch.distributions.Normal(loc, scale)   # a torchdist_fast.Normal
+            agent = third_party.make_agent()   # builds torch.distributions.Normal(...) inside
 
-        @torchdist_fast.patch("my_rl_lib.policies")
+        @torchdist_fast.patch()
         def train(): ...
 
-    Rebinds ``torch.distributions.Normal`` and ``torch.distributions.normal.Normal`` and, in
-    each module given (module objects or dotted names), every global bound to torch's
-    ``Normal`` (code that ran ``from torch.distributions import Normal`` at import time holds
-    its own reference: name its module here). Everything is restored on exit, also on an
-    exception; scopes nest. ``kl_divergence`` keeps working (registrations match subclasses).
-    Caveats: the rebinding is process-wide (all threads see it while the scope is open);
-    torch's own distributions built on Normal (``LogNormal``, ``HalfNormal``) keep torch's
-    class; instances of torch's own ``Normal`` class cannot be pickled inside the scope
-    (pickle finds the name ``torch.distributions.normal.Normal`` rebound).
+    Inside the scope ``rsample``, ``sample`` and ``log_prob`` of torch's ``Normal`` class are
+    torchdist_fast's (the same functions as ``torchdist_fast.Normal``'s), and the class gains
+    ``rsample_and_log_prob`` / ``sample_and_log_prob`` and ``generator=``. That covers every
+    instance: made before or inside the scope, by code that imported ``Normal`` in any way, of a
+    subclass (pyro's ``Normal``) unless it overrides the method, and the base distributions of
+    ``LogNormal``, ``HalfNormal``, ``LogisticNormal``, ``Independent``. No name is rebound:
+    ``torch.distributions.Normal`` stays torch's class, so ``expand``, pickling,
+    ``kl_divergence``, ``isinstance`` and subclassing behave exactly as outside the scope.
+    What changes is where the numbers come from, by the same rule as ``torchdist_fast.Normal``:
+    CUDA tensors use the fused kernels; CPU tensors keep torch's numbers in the default mode.
+    Construction and validation stay torch's (on CUDA torch's constructor synchronizes with the
+    host; build ``torchdist_fast.Normal`` directly to avoid that). Everything is restored when
+    the outermost scope exits, also on an exception; scopes nest. The routing is process-wide
+    (every thread sees it while a scope is open).
     """
-    return _Patch(modules)
+    if modules:
+        raise TypeError(
+            "torchdist_fast.patch() takes no arguments: it routes torch's Normal class itself, so code "
+            "that imported Normal in any module is covered without naming the module"
+        )
+    return _Patch()

@@ -20,10 +20,15 @@ def draw_seed_offset(device: torch.device, numel, generator: torch.Generator | N
     check_generator(generator, device)
     if numel < 0:
         raise RuntimeError(f"Trying to draw a negative number of elements: {numel}")
-    if numel >= 2**63:
+    if numel > 2**63 - 1:
         # torch.Size.numel() wraps silently past int64; say what happened instead
         raise RuntimeError(f"torchdist_fast: {numel} elements do not fit a tensor (more than 2**63 - 1)")
-    return torch.ops.torchdist_fast.draw_seed_offset(device, counters_for(numel), generator)
+    if generator is not None and torch.jit.is_tracing():
+        raise RuntimeError(
+            "torchdist_fast: torch.jit.trace cannot record a generator= argument (a trace replays with "
+            "the default generator); trace without generator=, or use torch.compile, which supports it"
+        )
+    return torch.ops.torchdist_fast.draw_seed_offset(str(device), counters_for(numel), generator)
 
 
 def _parse_size(size) -> tuple:

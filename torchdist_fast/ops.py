@@ -55,16 +55,25 @@ def check_shape(shape, what: str) -> tuple:
 
 
 # ---------------------------------------------------------------------------- generator
-@torch.library.custom_op(
-    "torchdist_fast::draw_seed_offset", mutates_args=(),
-    schema="(Device device, SymInt counters, Generator? generator=None) -> Tensor",
+# Defined with torch.library.Library rather than custom_op, for one reason: the alias analysis.
+# CONSERVATIVE tells TorchScript (torch.jit.trace replays) that the op has side effects, so the
+# JIT neither constant-folds a draw (every replay would reuse one stream position) nor merges
+# two draws (two samples with the same noise). custom_op always registers FROM_SCHEMA.
+_LIB = torch.library.Library("torchdist_fast", "FRAGMENT")
+_LIB.define(
+    # the device as a string: torch.jit.trace cannot record a Device argument of a custom op
+    "draw_seed_offset(str device, SymInt counters, Generator? generator=None) -> Tensor",
+    alias_analysis="CONSERVATIVE",
     tags=(torch.Tag.nondeterministic_seeded,),
 )
+
+
+@torch.library.impl(_LIB, "draw_seed_offset", "CompositeExplicitAutograd")
 def draw_seed_offset(device, counters, generator=None):
     return rng.take_seed_offset(device, counters, generator)
 
 
-@draw_seed_offset.register_fake
+@torch.library.register_fake("torchdist_fast::draw_seed_offset", lib=_LIB)
 def _(device, counters, generator=None):
     return torch.empty(2, dtype=torch.int64, device="cpu")
 
