@@ -54,3 +54,32 @@ def test_broadcast_offset_is_64_bit():
         i1, i0 = rest % 7, rest // 7
         expected.append(i0 * strides[0] + i1 * strides[1] + i2 * strides[2] + i3 * strides[3])
     assert out.tolist() == expected
+
+
+@pytest.mark.parametrize("numel", [1, 15, 16, 17, 1023, 1024, 1025, 4096 + 3, 2**20 + 7, 2**24 + 3])
+@pytest.mark.parametrize("block", [512, 1024])
+def test_launch_splits_cover_every_element_with_vector_bulk(numel, block):
+    from torchdist_fast.triton_kernels.layout import launch_splits
+
+    splits = launch_splits(numel, block)
+    covered = torch.zeros(numel, dtype=torch.bool)
+    for programs, numel_arg, first in splits:
+        start = first * block
+        assert start < numel_arg <= numel
+        covered[start:min(numel_arg, (first + programs) * block)] = True
+    assert bool(covered.all())
+    bulk = [s for s in splits if s[1] % 16 == 0]
+    tail = [s for s in splits if s[1] % 16 != 0]
+    # everything but the last < 16 elements is in a launch Triton can vectorize (numel % 16 == 0)
+    assert sum(min(s[1], (s[2] + s[0]) * block) - s[2] * block for s in bulk) >= numel - numel % 16
+    assert len(tail) == (numel % 16 != 0) and all(s[0] == 1 for s in tail)
+    assert len(splits) <= 2
+
+
+def test_fast_math_only_on_cuda():
+    from torchdist_fast.triton_kernels import layout
+
+    assert layout.fast_math(torch.empty(1)) is False
+    with layout.force_fast_math(True):
+        assert layout.fast_math(torch.empty(1)) is True
+    assert layout.fast_math(torch.empty(1)) is False

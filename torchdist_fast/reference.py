@@ -17,12 +17,26 @@ ctr[2..3], so their ctr[3] is 0).
 
 Words -> normals (Box-Muller on both pairs, so every word is used and each counter gives
 4 normals):
-    32-bit outputs: u(w) = (float32(w) + 0.5) * 2**-32, in float32; never 0.
-        lane 0 = r0 * cos(2*pi*u(w1)), lane 1 = r0 * sin(2*pi*u(w1)),  r0 = sqrt(-2 ln u(w0))
-        lane 2 = r2 * cos(2*pi*u(w3)), lane 3 = r2 * sin(2*pi*u(w3)),  r2 = sqrt(-2 ln u(w2))
+    32-bit outputs, from the pairs (w0, w1) -> lanes 0, 1 and (w2, w3) -> lanes 2, 3:
+        u(w) = (w + 0.5) * 2**-32 (never 0), r = sqrt(-2 ln u(w_even)),
+        theta = 2*pi*u(w_odd) (equivalently 2*pi*(int32(w_odd) + 0.5) * 2**-32, the same angle
+        modulo 2*pi, in [-pi, pi)), lanes = (r cos theta, r sin theta).
+        The reference evaluates this in float64 and rounds to float32 (``box_muller32``); the
+        GPU evaluates it in float32 with hardware-approximation lg2/sin/cos under the accuracy
+        contract below.
     float64: u(a, b) = ((a << 21) + (b >> 11) + 0.5) * 2**-53 (53 random bits), in float64.
         per call: r = sqrt(-2 ln u(w0, w1)), theta = 2*pi*u(w2, w3) -> (r cos theta, r sin theta)
 float16/bfloat16 outputs are the float32 normals rounded.
+
+Accuracy contract (float32, float16, bfloat16 outputs; float64 is precise math)
+--------------------------------------------------------------------------------
+The uint32 words are exact on every device. Against the float64 evaluation of the formula
+above (``ideal_normals32``), a float32 normal z from the GPU kernels differs by at most
+``FAST_ABS_ERR`` where |z| <= 6 and by at most ``FAST_REL_ERR * |z|`` beyond (before rounding
+to float16/bfloat16). The bound is derived from the documented worst-case errors of the
+hardware approximations the GPU uses (``HW_*`` below), float32 rounding and the kernel's
+algorithm (``_box_muller32_steps``); tests/test_normal_accuracy.py checks it on the extreme
+words of each lane and on an even sweep of 2**16 words.
 """
 from __future__ import annotations
 
@@ -38,6 +52,22 @@ PHILOX_W1 = 0xBB67AE85
 STREAM_TAG = 0x54444631  # "TDF1"
 MASK32 = 0xFFFFFFFF
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+# The GPU kernels' float32 Box-Muller (triton_kernels/philox.py ``_box_muller32``): below this
+# t = 1 - u the radius comes from the series of -2 ln(1 - t), not from log2(u), whose
+# approximation has an absolute (not relative) error near u = 1.
+BOX_MULLER_SMALL_T = 2.0**-7
+# Documented worst-case errors of the approximations (PTX ISA / CUDA C++ Programming Guide,
+# intrinsic functions): sin.approx/cos.approx.f32 on [-pi, pi]: absolute 2^-20.5 (PTX; the
+# CUDA guide gives 2^-21.41 / 2^-21.19 for __sinf/__cosf); lg2.approx.f32: absolute 2^-22 for
+# x in [0.5, 2], else 2 ulp (relative 2^-22); sqrt.approx.f32: taken as relative 2^-22.
+HW_SINCOS_ABS = 2.0**-20.5
+HW_LG2_ABS = 2.0**-22
+HW_LG2_REL = 2.0**-22
+HW_SQRT_REL = 2.0**-22
+# The contract: max |z_gpu - z_ideal| for |z_ideal| <= 6, and max relative error beyond.
+FAST_ABS_ERR = 8e-6
+FAST_REL_ERR = 2e-6
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -87,8 +117,22 @@ def philox_words(n_counters: int, seed: int, offset: int, call: int = 0, device=
 
 
 def uniform_from_words32(w: torch.Tensor) -> torch.Tensor:
-    """uint32 words -> float32 uniforms in (0, 1]: (w + 0.5) * 2**-32, never 0."""
-    return (w.to(torch.float32) + 0.5) * 2.0**-32
+    """uint32 words -> float32 uniforms in (0, 1]: (w + 0.5) * 2**-32 rounded, never 0."""
+    return ((w.to(torch.float64) + 0.5) * 2.0**-32).to(torch.float32)
+
+
+def ideal_normals32(w_r: torch.Tensor, w_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float64 value of the 32-bit-output formula for word pairs (w_r, w_t) (int64 uint32 values)."""
+    t = ((MASK32 - w_r).to(torch.float64) + 0.5) * 2.0**-32       # 1 - u, exact
+    r = torch.sqrt(-2.0 * torch.log1p(-t))
+    theta = (2.0 * math.pi) * ((w_t.to(torch.float64) + 0.5) * 2.0**-32)
+    return r * torch.cos(theta), r * torch.sin(theta)
+
+
+def box_muller32(w_r: torch.Tensor, w_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference 32-bit normals: the float64 formula rounded to float32."""
+    z0, z1 = ideal_normals32(w_r, w_t)
+    return z0.to(torch.float32), z1.to(torch.float32)
 
 
 def uniform_from_words64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -113,8 +157,8 @@ def philox_normals(numel: int, seed: int, offset: int, dtype: torch.dtype = torc
         z2, z3 = _box_muller(uniform_from_words64(v[:, 0], v[:, 1]), uniform_from_words64(v[:, 2], v[:, 3]))
     else:
         w = philox_words(n_counters, seed, offset, call=0, device=device)
-        z0, z1 = _box_muller(uniform_from_words32(w[:, 0]), uniform_from_words32(w[:, 1]))
-        z2, z3 = _box_muller(uniform_from_words32(w[:, 2]), uniform_from_words32(w[:, 3]))
+        z0, z1 = box_muller32(w[:, 0], w[:, 1])
+        z2, z3 = box_muller32(w[:, 2], w[:, 3])
     return torch.stack((z0, z1, z2, z3), dim=-1).reshape(-1)[:numel].to(dtype)
 
 

@@ -4,6 +4,9 @@ Broadcasting without copies: every input is described by its strides over the ou
 (0 along broadcast dimensions). Dimensions are coalesced where every operand allows it, and the
 kernel maps a flat output index to an element offset through at most ``MAX_DIMS`` dimensions.
 """
+import contextlib
+import os
+
 import triton
 import triton.language as tl  # noqa: F401  (Triton needs it visible to the jit'd helpers)
 
@@ -19,6 +22,50 @@ def block_counters(dtype) -> int:
 
 def grid_for(numel: int, block: int):
     return (triton.cdiv(numel, 4 * block),)
+
+
+def launch_splits(numel: int, block_elems: int):
+    """[(programs, numel argument, first program)] covering ``numel`` elements, vector access kept.
+
+    Triton vectorizes a masked access only when it can prove ``numel % 16 == 0``. Any other
+    size becomes a bulk launch over the largest multiple of 16 (vector loads and stores, the
+    mask is all-true but for the last program) and a one-program tail launch over the last
+    block (scalar, masked at ``numel``; it rewrites the same values for the part of its block the
+    bulk launch already wrote). Sizes that are multiples of 16, and sizes below 16, are one launch.
+    """
+    bulk = numel - numel % 16
+    out = []
+    if bulk:
+        out.append((triton.cdiv(bulk, block_elems), bulk, 0))
+    if bulk != numel:
+        first = bulk // block_elems
+        out.append((triton.cdiv(numel, block_elems) - first, numel, first))
+    return out
+
+
+_FORCE_FAST_MATH = None
+
+
+@contextlib.contextmanager
+def force_fast_math(value):
+    """Override the FAST_MATH choice (the cost model compiles what CUDA runs from CPU tensors)."""
+    global _FORCE_FAST_MATH
+    old, _FORCE_FAST_MATH = _FORCE_FAST_MATH, value
+    try:
+        yield
+    finally:
+        _FORCE_FAST_MATH = old
+
+
+def fast_math(tensor) -> bool:
+    """Hardware-approximation transcendentals (MUFU) on CUDA; precise ones under the interpreter.
+
+    The interpreter cannot run inline PTX, and on CPU tensors it runs the same algorithm with
+    precise log2/sin/cos (see ``reference.box_muller32`` and the accuracy contract).
+    """
+    if _FORCE_FAST_MATH is not None:
+        return _FORCE_FAST_MATH
+    return tensor.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
 
 
 def split_to_i32(value: int) -> tuple[int, int]:

@@ -11,50 +11,64 @@ import triton.language as tl
 
 from .. import reference
 from ..reference import compute_dtype, reduce_to
-from .layout import _broadcast_offset, block_counters, broadcast_args
+from .layout import _broadcast_offset, block_counters, broadcast_args, launch_splits
+from .normal_rsample import _operand
 
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
 
 
 @triton.jit
 def _normal_log_prob_fwd_kernel(
-    out_ptr, value_ptr, loc_ptr, scale_ptr, numel,
+    out_ptr, value_ptr, loc_ptr, scale_ptr, numel, pid_base,
     s1, s2, s3, v_t0, v_t1, v_t2, v_t3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, LOC_SCALAR: tl.constexpr, SCALE_SCALAR: tl.constexpr,
 ):
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    idx = (tl.program_id(0).to(tl.int64) + pid_base) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < numel
     CDT: tl.constexpr = tl.float64 if out_ptr.dtype.element_ty == tl.float64 else tl.float32
     v = tl.load(value_ptr + _broadcast_offset(idx, s1, s2, s3, v_t0, v_t1, v_t2, v_t3), mask=mask, other=0.0).to(CDT)
-    loc = tl.load(loc_ptr + _broadcast_offset(idx, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3), mask=mask, other=0.0).to(CDT)
-    scale = tl.load(scale_ptr + _broadcast_offset(idx, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3), mask=mask, other=1.0).to(CDT)
-    y = (v - loc) / scale
-    log_prob = -0.5 * y * y - tl.log(scale) - LOG_SQRT_2PI
+    loc = _operand(loc_ptr, idx, mask, 0.0, LOC_SCALAR, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3).to(CDT)
+    scale = _operand(scale_ptr, idx, mask, 1.0, SCALE_SCALAR, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3).to(CDT)
+    if SCALE_SCALAR:
+        # 1/scale and log(scale) once per program
+        y = (v - loc) * (1.0 / scale)
+    else:
+        y = (v - loc) / scale
+    log_prob = -0.5 * y * y - (tl.log(scale) + LOG_SQRT_2PI)
     tl.store(out_ptr + idx, log_prob.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _normal_log_prob_bwd_kernel(
-    grad_value_ptr, grad_loc_ptr, grad_scale_ptr, grad_ptr, value_ptr, loc_ptr, scale_ptr, numel,
+    grad_value_ptr, grad_loc_ptr, grad_scale_ptr, grad_ptr, value_ptr, loc_ptr, scale_ptr, numel, pid_base,
     s1, s2, s3, g_t0, g_t1, g_t2, g_t3, v_t0, v_t1, v_t2, v_t3,
     loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
     BLOCK: tl.constexpr, NEED_VALUE: tl.constexpr, NEED_LOC: tl.constexpr, NEED_SCALE: tl.constexpr,
+    LOC_SCALAR: tl.constexpr, SCALE_SCALAR: tl.constexpr,
 ):
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    idx = (tl.program_id(0).to(tl.int64) + pid_base) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < numel
     CDT: tl.constexpr = tl.float64 if value_ptr.dtype.element_ty == tl.float64 else tl.float32
     g = tl.load(grad_ptr + _broadcast_offset(idx, s1, s2, s3, g_t0, g_t1, g_t2, g_t3), mask=mask, other=0.0).to(CDT)
     v = tl.load(value_ptr + _broadcast_offset(idx, s1, s2, s3, v_t0, v_t1, v_t2, v_t3), mask=mask, other=0.0).to(CDT)
-    loc = tl.load(loc_ptr + _broadcast_offset(idx, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3), mask=mask, other=0.0).to(CDT)
-    scale = tl.load(scale_ptr + _broadcast_offset(idx, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3), mask=mask, other=1.0).to(CDT)
-    y = (v - loc) / scale
-    g_loc = g * y / scale
+    loc = _operand(loc_ptr, idx, mask, 0.0, LOC_SCALAR, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3).to(CDT)
+    scale = _operand(scale_ptr, idx, mask, 1.0, SCALE_SCALAR, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3).to(CDT)
+    if SCALE_SCALAR:
+        inv_scale = 1.0 / scale  # once per program
+        y = (v - loc) * inv_scale
+        g_loc = g * y * inv_scale
+    else:
+        y = (v - loc) / scale
+        g_loc = g * y / scale
     if NEED_VALUE:
         tl.store(grad_value_ptr + idx, (-g_loc).to(grad_value_ptr.dtype.element_ty), mask=mask)
     if NEED_LOC:
         tl.store(grad_loc_ptr + idx, g_loc.to(grad_loc_ptr.dtype.element_ty), mask=mask)
     if NEED_SCALE:
-        g_scale = g * (y * y - 1.0) / scale
+        if SCALE_SCALAR:
+            g_scale = g * (y * y - 1.0) * inv_scale
+        else:
+            g_scale = g * (y * y - 1.0) / scale
         tl.store(grad_scale_ptr + idx, g_scale.to(grad_scale_ptr.dtype.element_ty), mask=mask)
 
 
@@ -67,9 +81,12 @@ def normal_log_prob_fwd(value, loc, scale):
     out = torch.empty(out_shape, dtype=value.dtype, device=value.device)
     numel = out.numel()
     if numel:
+        loc_scalar, scale_scalar = loc.numel() == 1, scale.numel() == 1
         (value, loc, scale), layout = broadcast_args(out_shape, value, loc, scale)
         block = _elements_block(value.dtype)
-        _normal_log_prob_fwd_kernel[(triton.cdiv(numel, block),)](out, value, loc, scale, numel, *layout, BLOCK=block)
+        for programs, numel_arg, pid_base in launch_splits(numel, block):
+            _normal_log_prob_fwd_kernel[(programs,)](out, value, loc, scale, numel_arg, pid_base, *layout, BLOCK=block,
+                                                     LOC_SCALAR=loc_scalar, SCALE_SCALAR=scale_scalar)
     return out
 
 
@@ -90,8 +107,10 @@ def normal_log_prob_bwd(grad, value, loc, scale, output_mask):
         dummy = next(b for b in bufs if b is not None)
         (g, v, m, s), layout = broadcast_args(out_shape, grad, value, loc, scale)
         block = _elements_block(value.dtype)
-        _normal_log_prob_bwd_kernel[(triton.cdiv(numel, block),)](
-            *(b if b is not None else dummy for b in bufs), g, v, m, s, numel, *layout,
-            BLOCK=block, NEED_VALUE=output_mask[0], NEED_LOC=output_mask[1], NEED_SCALE=output_mask[2],
-        )
+        for programs, numel_arg, pid_base in launch_splits(numel, block):
+            _normal_log_prob_bwd_kernel[(programs,)](
+                *(b if b is not None else dummy for b in bufs), g, v, m, s, numel_arg, pid_base, *layout,
+                BLOCK=block, NEED_VALUE=output_mask[0], NEED_LOC=output_mask[1], NEED_SCALE=output_mask[2],
+                LOC_SCALAR=loc.numel() == 1, SCALE_SCALAR=scale.numel() == 1,
+            )
     return tuple(None if b is None else reduce_to(b, t.shape).to(t.dtype) for b, t in zip(bufs, inputs))

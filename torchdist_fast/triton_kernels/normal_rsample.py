@@ -12,7 +12,7 @@ import triton.language as tl
 
 from .. import reference
 from ..reference import compute_dtype, reduce_to
-from .layout import _broadcast_offset, block_counters, broadcast_args, grid_for, split_to_i32
+from .layout import _broadcast_offset, block_counters, broadcast_args, fast_math, launch_splits, split_to_i32
 from .philox import _stream_block
 
 _SEED_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi"]
@@ -20,37 +20,50 @@ _SEED_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi"]
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
 
 
+@triton.jit
+def _operand(ptr, idx, mask, other, SCALAR: tl.constexpr, s1, s2, s3, t0, t1, t2, t3):
+    """One operand at the output indices ``idx``: a single load when it is one element."""
+    if SCALAR:
+        x = tl.load(ptr)
+    else:
+        x = tl.load(ptr + _broadcast_offset(idx, s1, s2, s3, t0, t1, t2, t3), mask=mask, other=other)
+    return x
+
+
 @triton.jit(do_not_specialize=_SEED_ARGS)
 def _normal_rsample_fwd_kernel(
-    z_ptr, log_prob_ptr, loc_ptr, scale_ptr, numel,
+    z_ptr, log_prob_ptr, loc_ptr, scale_ptr, numel, pid_base,
     s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
     seed_lo, seed_hi, offset_lo, offset_hi,
-    BLOCK: tl.constexpr, WITH_LOG_PROB: tl.constexpr,
+    BLOCK: tl.constexpr, WITH_LOG_PROB: tl.constexpr, LOC_SCALAR: tl.constexpr, SCALE_SCALAR: tl.constexpr,
+    FAST_MATH: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = z_ptr.dtype.element_ty == tl.float64
-    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64)
+    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH)
     mask = idx < numel
-    loc = tl.load(loc_ptr + _broadcast_offset(idx, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3), mask=mask, other=0.0)
-    scale = tl.load(scale_ptr + _broadcast_offset(idx, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3), mask=mask, other=1.0)
+    loc = _operand(loc_ptr, idx, mask, 0.0, LOC_SCALAR, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3)
+    scale = _operand(scale_ptr, idx, mask, 1.0, SCALE_SCALAR, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3)
     scale = scale.to(eps.dtype)
     z = loc.to(eps.dtype) + scale * eps
     tl.store(z_ptr + idx, z.to(z_ptr.dtype.element_ty), mask=mask)
     if WITH_LOG_PROB:
-        log_prob = -0.5 * eps * eps - tl.log(scale) - LOG_SQRT_2PI
+        # log(scale) once per program when scale is one element
+        log_prob = -0.5 * eps * eps - (tl.log(scale) + LOG_SQRT_2PI)
         tl.store(log_prob_ptr + idx, log_prob.to(log_prob_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=_SEED_ARGS)
 def _normal_rsample_bwd_kernel(
-    grad_scale_ptr, grad_z_ptr, grad_log_prob_ptr, scale_ptr, numel,
+    grad_scale_ptr, grad_z_ptr, grad_log_prob_ptr, scale_ptr, numel, pid_base,
     s1, s2, s3, gz_t0, gz_t1, gz_t2, gz_t3, glp_t0, glp_t1, glp_t2, glp_t3, scale_t0, scale_t1, scale_t2, scale_t3,
     seed_lo, seed_hi, offset_lo, offset_hi,
-    BLOCK: tl.constexpr, HAS_GRAD_Z: tl.constexpr, HAS_GRAD_LOG_PROB: tl.constexpr,
+    BLOCK: tl.constexpr, HAS_GRAD_Z: tl.constexpr, HAS_GRAD_LOG_PROB: tl.constexpr, SCALE_SCALAR: tl.constexpr,
+    FAST_MATH: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = scale_ptr.dtype.element_ty == tl.float64
-    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64)
+    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH)
     mask = idx < numel
     grad_scale = tl.zeros_like(eps)
     if HAS_GRAD_Z:
@@ -58,8 +71,9 @@ def _normal_rsample_bwd_kernel(
         grad_scale += gz.to(eps.dtype) * eps
     if HAS_GRAD_LOG_PROB:
         glp = tl.load(grad_log_prob_ptr + _broadcast_offset(idx, s1, s2, s3, glp_t0, glp_t1, glp_t2, glp_t3), mask=mask, other=0.0)
-        scale = tl.load(scale_ptr + _broadcast_offset(idx, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3), mask=mask, other=1.0)
-        grad_scale -= glp.to(eps.dtype) / scale.to(eps.dtype)
+        scale = _operand(scale_ptr, idx, mask, 1.0, SCALE_SCALAR, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3)
+        # 1 / scale once per program when scale is one element
+        grad_scale -= glp.to(eps.dtype) * (1.0 / scale.to(eps.dtype))
     tl.store(grad_scale_ptr + idx, grad_scale.to(grad_scale_ptr.dtype.element_ty), mask=mask)
 
 
@@ -69,12 +83,15 @@ def normal_rsample_fwd(loc, scale, sample_shape, seed: int, offset: int, with_lo
     log_prob = torch.empty_like(z) if with_log_prob else z
     numel = z.numel()
     if numel:
+        loc_scalar, scale_scalar = loc.numel() == 1, scale.numel() == 1
         (loc, scale), layout = broadcast_args(out_shape, loc, scale)
         block = block_counters(loc.dtype)
-        _normal_rsample_fwd_kernel[grid_for(numel, block)](
-            z, log_prob, loc, scale, numel, *layout, *split_to_i32(seed), *split_to_i32(offset),
-            BLOCK=block, WITH_LOG_PROB=with_log_prob,
-        )
+        for programs, numel_arg, pid_base in launch_splits(numel, 4 * block):
+            _normal_rsample_fwd_kernel[(programs,)](
+                z, log_prob, loc, scale, numel_arg, pid_base, *layout, *split_to_i32(seed), *split_to_i32(offset),
+                BLOCK=block, WITH_LOG_PROB=with_log_prob, LOC_SCALAR=loc_scalar, SCALE_SCALAR=scale_scalar,
+                FAST_MATH=fast_math(z),
+            )
     return (z, log_prob) if with_log_prob else z
 
 
@@ -91,8 +108,10 @@ def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int):
         glp = grad_log_prob if grad_log_prob is not None else scale
         (gz, glp, scale_b), layout = broadcast_args(out_shape, gz, glp, scale)
         block = block_counters(scale.dtype)
-        _normal_rsample_bwd_kernel[grid_for(numel, block)](
-            grad_scale, gz, glp, scale_b, numel, *layout, *split_to_i32(seed), *split_to_i32(offset),
-            BLOCK=block, HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_PROB=grad_log_prob is not None,
-        )
+        for programs, numel_arg, pid_base in launch_splits(numel, 4 * block):
+            _normal_rsample_bwd_kernel[(programs,)](
+                grad_scale, gz, glp, scale_b, numel_arg, pid_base, *layout, *split_to_i32(seed), *split_to_i32(offset),
+                BLOCK=block, HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_PROB=grad_log_prob is not None,
+                SCALE_SCALAR=scale.numel() == 1, FAST_MATH=fast_math(grad_scale),
+            )
     return reduce_to(grad_scale, scale.shape).to(scale.dtype)

@@ -7,13 +7,18 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from .layout import block_counters, grid_for, split_to_i32
+from .layout import block_counters, fast_math, launch_splits, split_to_i32
 
 # globals used inside kernels must be tl.constexpr objects
 STREAM_TAG = tl.constexpr(reference.STREAM_TAG)
 INV_2_32 = tl.constexpr(2.0**-32)
+INV_2_33 = tl.constexpr(2.0**-33)
 INV_2_53 = tl.constexpr(2.0**-53)
 TWO_PI = tl.constexpr(6.283185307179586)
+TWO_PI_INV_2_32 = tl.constexpr(6.283185307179586 * 2.0**-32)
+PI_INV_2_32 = tl.constexpr(3.141592653589793 * 2.0**-32)
+NEG_2_LN2 = tl.constexpr(-2.0 * 0.6931471805599453)
+SMALL_T = tl.constexpr(reference.BOX_MULLER_SMALL_T)
 
 
 @triton.jit
@@ -22,18 +27,58 @@ def _philox4x32_10(c0, c1, c2, c3, k0, k1):
         if r > 0:
             k0 = k0 + 0x9E3779B9
             k1 = k1 + 0xBB67AE85
-        _c0, _c2 = c0, c2
-        c0 = tl.umulhi(0xCD9E8D57, _c2) ^ c1 ^ k0
-        c2 = tl.umulhi(0xD2511F53, _c0) ^ c3 ^ k1
-        c1 = _c2 * 0xCD9E8D57
-        c3 = _c0 * 0xD2511F53
+        # one 32x32 -> 64 multiply per product (IMAD.WIDE.U32) gives both halves
+        p0 = c0.to(tl.uint64) * 0xD2511F53
+        p2 = c2.to(tl.uint64) * 0xCD9E8D57
+        c0 = (p2 >> 32).to(tl.uint32) ^ c1 ^ k0
+        c2 = (p0 >> 32).to(tl.uint32) ^ c3 ^ k1
+        c1 = p2.to(tl.uint32)
+        c3 = p0.to(tl.uint32)
     return c0, c1, c2, c3
 
 
 @triton.jit
-def _uniform32(w):
-    # +0.5 keeps u away from 0, so log(u) is finite and no clamp cuts the tails
-    return (w.to(tl.float32) + 0.5) * INV_2_32
+def _lg2_approx(x):
+    return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _sin_approx(x):
+    return tl.inline_asm_elementwise("sin.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _cos_approx(x):
+    return tl.inline_asm_elementwise("cos.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _box_muller32(w_r, w_t, FAST_MATH: tl.constexpr):
+    """Two float32 normals from two uint32 words (the algorithm of ``reference.box_muller32``).
+
+    r^2 = -2 ln u with u = (w_r + 0.5) 2^-32; near u = 1 (t = 1 - u = (~w_r + 0.5) 2^-32 < 2^-7,
+    exact) from the series of -2 ln(1 - t), elsewhere -2 ln 2 * log2(u). The angle is taken from
+    the word read as signed: theta = 2 pi (int32(w_t) + 0.5) 2^-32 in [-pi, pi), the same angle
+    modulo 2 pi as 2 pi u(w_t), and the range on which the hardware sin/cos are accurate.
+    FAST_MATH (CUDA): lg2/sin/cos.approx.ftz (MUFU), under the contract in reference.py;
+    otherwise (the interpreter, which cannot run inline PTX) precise log2/sin/cos.
+    """
+    u = w_r.to(tl.float32) * INV_2_32 + INV_2_33
+    t = (w_r ^ 0xFFFFFFFF).to(tl.float32) * INV_2_32 + INV_2_33
+    if FAST_MATH:
+        lg = _lg2_approx(u)
+    else:
+        lg = tl.log2(u)
+    small = t * (2.0 + t * (1.0 + t * (0.6666666666666666 + t * 0.5)))
+    r = tl.sqrt(tl.where(t < SMALL_T, small, lg * NEG_2_LN2))
+    theta = w_t.to(tl.int32, bitcast=True).to(tl.float32) * TWO_PI_INV_2_32 + PI_INV_2_32
+    if FAST_MATH:
+        c = _cos_approx(theta)
+        s = _sin_approx(theta)
+    else:
+        c = tl.cos(theta)
+        s = tl.sin(theta)
+    return r * c, r * s
 
 
 @triton.jit
@@ -43,14 +88,14 @@ def _uniform64(a, b):
 
 
 @triton.jit
-def _box_muller(u_r, u_theta):
+def _box_muller64(u_r, u_theta):
     r = tl.sqrt(-2.0 * tl.log(u_r))
     theta = TWO_PI * u_theta
     return r * tl.cos(theta), r * tl.sin(theta)
 
 
 @triton.jit
-def _stream_normals(counter_idx, seed_lo, seed_hi, offset_lo, offset_hi, IS_FP64: tl.constexpr):
+def _stream_normals(counter_idx, seed_lo, seed_hi, offset_lo, offset_hi, IS_FP64: tl.constexpr, FAST_MATH: tl.constexpr):
     """Four normals (lanes 0..3) for each counter ``offset + counter_idx`` (64-bit, wrapping)."""
     k0 = seed_lo.to(tl.uint32, bitcast=True)
     k1 = seed_hi.to(tl.uint32, bitcast=True)
@@ -61,20 +106,22 @@ def _stream_normals(counter_idx, seed_lo, seed_hi, offset_lo, offset_hi, IS_FP64
     tag = tl.full(c0.shape, STREAM_TAG, tl.uint32)
     w0, w1, w2, w3 = _philox4x32_10(c0, c1, tl.zeros_like(c0), tag, k0, k1)
     if IS_FP64:
-        z0, z1 = _box_muller(_uniform64(w0, w1), _uniform64(w2, w3))
+        # float64 keeps precise math
+        z0, z1 = _box_muller64(_uniform64(w0, w1), _uniform64(w2, w3))
         v0, v1, v2, v3 = _philox4x32_10(c0, c1, tl.full(c0.shape, 1, tl.uint32), tag, k0, k1)
-        z2, z3 = _box_muller(_uniform64(v0, v1), _uniform64(v2, v3))
+        z2, z3 = _box_muller64(_uniform64(v0, v1), _uniform64(v2, v3))
     else:
-        z0, z1 = _box_muller(_uniform32(w0), _uniform32(w1))
-        z2, z3 = _box_muller(_uniform32(w2), _uniform32(w3))
+        z0, z1 = _box_muller32(w0, w1, FAST_MATH)
+        z2, z3 = _box_muller32(w2, w3, FAST_MATH)
     return z0, z1, z2, z3
 
 
 @triton.jit
-def _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constexpr, IS_FP64: tl.constexpr):
+def _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constexpr, IS_FP64: tl.constexpr,
+                  FAST_MATH: tl.constexpr):
     """Normals of output elements pid*4*BLOCK .. +4*BLOCK, in stream order, and their indices."""
     counter_idx = pid * BLOCK + tl.arange(0, BLOCK)
-    z0, z1, z2, z3 = _stream_normals(counter_idx, seed_lo, seed_hi, offset_lo, offset_hi, IS_FP64)
+    z0, z1, z2, z3 = _stream_normals(counter_idx, seed_lo, seed_hi, offset_lo, offset_hi, IS_FP64, FAST_MATH)
     # element 4c + lane: interleaving keeps the store contiguous
     eps = tl.interleave(tl.interleave(z0, z2), tl.interleave(z1, z3))
     idx = pid * (4 * BLOCK) + tl.arange(0, 4 * BLOCK)
@@ -82,10 +129,11 @@ def _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constex
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi"])
-def _philox_randn_kernel(out_ptr, numel, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
+def _philox_randn_kernel(out_ptr, numel, pid_base, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constexpr,
+                         FAST_MATH: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = out_ptr.dtype.element_ty == tl.float64
-    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64)
+    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH)
     tl.store(out_ptr + idx, eps.to(out_ptr.dtype.element_ty), mask=idx < numel)
 
 
@@ -95,7 +143,9 @@ def philox_randn(shape, seed: int, offset: int, dtype: torch.dtype, device) -> t
     if numel == 0:
         return out
     block = block_counters(dtype)
-    _philox_randn_kernel[grid_for(numel, block)](out, numel, *split_to_i32(seed), *split_to_i32(offset), BLOCK=block)
+    for programs, numel_arg, pid_base in launch_splits(numel, 4 * block):
+        _philox_randn_kernel[(programs,)](out, numel_arg, pid_base, *split_to_i32(seed), *split_to_i32(offset),
+                                          BLOCK=block, FAST_MATH=fast_math(out))
     return out
 
 
@@ -122,3 +172,26 @@ def philox_words(n_counters: int, seed: int, offset: int, call: int = 0, device=
     if n_counters:
         _philox_words_kernel[(triton.cdiv(n_counters, 256),)](words, n_counters, call, *split_to_i32(seed), *split_to_i32(offset), BLOCK=256)
     return words
+
+
+@triton.jit
+def _box_muller_words_kernel(words_ptr, out_ptr, n, BLOCK: tl.constexpr, FAST_MATH: tl.constexpr):
+    # the float32 Box-Muller of given word pairs (accuracy-contract checks on chosen words)
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < n
+    w_r = tl.load(words_ptr + 2 * idx, mask=mask, other=0).to(tl.uint32)
+    w_t = tl.load(words_ptr + 2 * idx + 1, mask=mask, other=0).to(tl.uint32)
+    z0, z1 = _box_muller32(w_r, w_t, FAST_MATH)
+    tl.store(out_ptr + 2 * idx, z0, mask=mask)
+    tl.store(out_ptr + 2 * idx + 1, z1, mask=mask)
+
+
+def box_muller_words(words: torch.Tensor) -> torch.Tensor:
+    """[n, 2] float32 normals (r cos, r sin) of [n, 2] word pairs (w_r, w_t) (uint32 values in int64),
+    computed by the kernels' float32 Box-Muller (fast math on CUDA, as in every sampling kernel)."""
+    words = words.contiguous()
+    out = torch.empty(words.shape, dtype=torch.float32, device=words.device)
+    n = words.shape[0]
+    if n:
+        _box_muller_words_kernel[(triton.cdiv(n, 1024),)](words, out, n, BLOCK=1024, FAST_MATH=fast_math(out))
+    return out
