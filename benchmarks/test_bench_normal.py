@@ -7,6 +7,8 @@
 CPU calls are timed by pytest-benchmark itself. CUDA calls are timed with CUDA events (the
 median lands in ``extra_info["cuda_median_ms"]``), because host timers around asynchronous
 launches measure the launch, not the kernel. Every result records the device and versions.
+The torch.compile case compiles its own forward with fresh compiler state (``bench.CompileGuard``)
+and fails if dynamo broke the graph, recompiled while timed, or did not run the compiled region.
 """
 import statistics
 
@@ -21,19 +23,13 @@ CASES = [(d, n) for d in DEVICES for n in SIZES[d]]
 IMPLS = ["eager", "compile", "torchdist_fast"]
 
 
-@pytest.fixture(scope="module")
-def compiled():
-    return {}
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("op,mode", bench.combos())
 @pytest.mark.parametrize("device,size", CASES, ids=[f"{d}-{n}" for d, n in CASES])
-def test_normal(benchmark, compiled, device, size, op, mode, impl):
+def test_normal(benchmark, device, size, op, mode, impl):
     cls, is_compiled, ctx = bench.implementations(device)[impl]
-    work = bench.make_work(cls, op, mode)
-    if is_compiled:
-        work = compiled.setdefault((op, mode), torch.compile(work, dynamic=True))
+    guard = bench.CompileGuard(cls, op, mode) if is_compiled else None
+    work = guard.work if guard else bench.make_work(cls, op, mode)
     inputs = [bench.make_inputs(size, device, torch.float32, mode, seed) for seed in range(bench.ROTATE)]
     env = bench.environment([device])
     benchmark.extra_info.update(
@@ -55,4 +51,11 @@ def test_normal(benchmark, compiled, device, size, op, mode, impl):
                 torch.cuda.synchronize()
             return out
 
+        if guard:
+            guard.check_clean()
+            graphs = guard.graphs()
         benchmark(call)
+        if guard:  # the compile column must have run compiled code, without recompiling
+            guard.check_clean()
+            assert guard.graphs() == graphs, "dynamo recompiled while timed"
+            guard.check_ran_compiled(inputs[0])

@@ -21,10 +21,21 @@ def test_readme_summary_matches_committed_results():
 
 
 def test_results_files_are_complete():
-    files = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+    files = sorted((ROOT / "benchmarks" / "results").glob("results-*.json"))
     assert files, "no recorded results"
     for f in files:
         data = json.loads(f.read_text())
         assert data["schema_version"] == bench.SCHEMA_VERSION
         assert data["environment"]["devices"] and data["environment"]["torch"]
         assert f.with_suffix(".png").exists()
+
+
+def test_committed_compile_rows_ran_compiled_code():
+    """Every torch.compile row of a recorded run carries the runner's evidence that it ran one
+    compiled graph: no graph break, no recompile while timed, the compiled region seen running."""
+    for f in sorted((ROOT / "benchmarks" / "results").glob("results-*.json")):
+        rows = [r for r in json.loads(f.read_text())["results"] if r["impl"] == "compile"]
+        assert rows, f
+        for r in rows:
+            ev = r["extra"]["compile"]
+            assert ev["graph_breaks"] == 0 and ev["recompiles_while_timed"] == 0 and ev["compiled_region_ran"], (f, r)

@@ -43,9 +43,19 @@ def kernel_specs():
     ]
 
 
+def constexpr_names(kernel) -> list:
+    return [p.name for p in kernel.params if p.is_constexpr]
+
+
+def with_default_flags(kernel, constexprs: dict) -> dict:
+    """The variant's constexprs, plus False for any constexpr flag of the kernel the variant does
+    not name (a flag added to a kernel is then compiled in its off state, not skipped)."""
+    return {**{n: False for n in constexpr_names(kernel) if n not in constexprs}, **constexprs}
+
+
 def _signature(kernel, dtype: str, constexprs: dict, contiguous: bool):
     """Triton signature for one dtype; in the contiguous variant sizes and inner strides are 1."""
-    sig, consts, attrs = {}, dict(constexprs), {}
+    sig, consts, attrs = {}, with_default_flags(kernel, constexprs), {}
     for i, name in enumerate(kernel.arg_names):
         if name in consts:
             sig[name] = "constexpr"
@@ -80,23 +90,51 @@ def _ptx_stats(ptx: str) -> str:
     return " ".join(f"{k}={len(re.findall(p, ptx))}" for k, p in _PTX_PATTERNS.items())
 
 
-def _ptxas_usage(ptx: str, cap: int) -> str:
-    """Registers and spill bytes from ``ptxas -v``, run with the ptxas Triton itself uses for ``cap``."""
+def ptxas_path(cap: int) -> str:
+    """The ptxas Triton itself uses for ``cap``, across Triton versions.
+
+    Triton >= 3.5: ``get_ptxas(arch)`` (sm_90+ may use a newer ptxas than sm_80); 3.4:
+    ``get_ptxas()`` with no argument; 3.2-3.3: ``_path_to_binary("ptxas")`` -> (path, version).
+    ``TRITON_PTXAS_PATH`` wins in every version, as it does in Triton."""
     from triton.backends.nvidia import compiler as nvidia
 
-    try:
-        ptxas = nvidia.get_ptxas(cap).path
-    except Exception:  # no bundled ptxas: the compile itself is what counts
-        return "regs=? spills=?"
+    env = os.environ.get("TRITON_PTXAS_PATH")
+    if env:
+        return env
+    get = getattr(nvidia, "get_ptxas", None)
+    if get is not None:
+        try:
+            tool = get(cap)
+        except TypeError:  # Triton 3.4: get_ptxas() takes no argument
+            tool = get()
+        return tool.path if hasattr(tool, "path") else tool[0] if isinstance(tool, tuple) else str(tool)
+    if hasattr(nvidia, "_path_to_binary"):
+        return nvidia._path_to_binary("ptxas")[0]
+    raise RuntimeError(f"cannot find the ptxas of Triton {_triton_version()}")
+
+
+def _triton_version() -> str:
+    import triton
+
+    return triton.__version__
+
+
+def _ptxas_usage(ptx: str, cap: int) -> str:
+    """Registers and spill bytes from ``ptxas -v``, run with the ptxas Triton itself uses for ``cap``."""
+    ptxas = ptxas_path(cap)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.ptx")
         with open(path, "w") as f:
             f.write(ptx)
         arch = f"sm_{cap}a" if cap >= 90 else f"sm_{cap}"
         res = subprocess.run([ptxas, "-v", f"--gpu-name={arch}", path, "-o", os.devnull], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{ptxas} -v failed: {res.stderr.strip()[-500:]}")
     regs = re.search(r"Used (\d+) registers", res.stderr)
     spills = re.search(r"(\d+) bytes spill stores", res.stderr)
-    return f"regs={regs.group(1) if regs else '?'} spills={spills.group(1) + 'B' if spills else '?'}"
+    if not (regs and spills):
+        raise RuntimeError(f"no register/spill report from {ptxas} -v: {res.stderr.strip()[-500:]}")
+    return f"regs={regs.group(1)} spills={spills.group(1)}B"
 
 
 def compile_all(targets=TARGETS, dtypes=tuple(DTYPES.values()), verbose=True) -> list[str]:
@@ -117,7 +155,7 @@ def compile_all(targets=TARGETS, dtypes=tuple(DTYPES.values()), verbose=True) ->
                     sig, consts, attrs = _signature(kernel, dtype, constexprs, contiguous)
                     for cap in targets:
                         label = f"{name} {dtype} sm_{cap} {'contig' if contiguous else 'strided'} " + \
-                            " ".join(f"{k}={v}" for k, v in constexprs.items() if k != "BLOCK")
+                            " ".join(f"{k}={v}" for k, v in with_default_flags(kernel, constexprs).items() if k != "BLOCK")
                         t0 = time.perf_counter()
                         try:
                             src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
@@ -127,8 +165,15 @@ def compile_all(targets=TARGETS, dtypes=tuple(DTYPES.values()), verbose=True) ->
                             if verbose:
                                 print(f"FAIL {label}: {exc}", flush=True)
                             continue
+                        try:
+                            usage = _ptxas_usage(compiled.asm["ptx"], cap)
+                        except Exception as exc:  # the register/spill check is part of the check
+                            failures.append(f"{label}: ptxas: {exc}")
+                            if verbose:
+                                print(f"FAIL {label}: ptxas: {exc}", flush=True)
+                            continue
                         if verbose:
-                            print(f"ok   {label:60s} warps={compiled.metadata.num_warps} {_ptxas_usage(compiled.asm['ptx'], cap)} "
+                            print(f"ok   {label:60s} warps={compiled.metadata.num_warps} {usage} "
                                   f"{_ptx_stats(compiled.asm['ptx'])} ({time.perf_counter() - t0:.2f}s)", flush=True)
     return failures
 
@@ -143,7 +188,7 @@ def main(argv=None) -> int:
     if failures:
         print(f"{len(failures)} kernel variant(s) failed to compile", file=sys.stderr)
         return 1
-    print("all kernels compiled")
+    print(f"all kernels compiled (triton {_triton_version()})")
     return 0
 
 

@@ -6,7 +6,18 @@ for sample / rsample / log_prob / rsample_and_log_prob, forward and forward+back
 Timing: a warm-up call (for torch.compile, the compile; reported separately as
 ``compile_warmup_s``), then ``repeats`` timed calls; each call uses the next of ``ROTATE`` input
 sets (fresh random data, never zeros) so caches do not flatter; CUDA calls are timed with CUDA
-events, CPU calls with perf_counter; the median is reported with min and max.
+events, CPU calls with perf_counter; the median is reported with min and max. On CUDA each row
+also has the wall time per call of ``repeats`` back-to-back calls (``wall_s``), the host time a
+call takes to return (``host_s``, no synchronization) and ``host_bound`` (the host, not the GPU,
+sets the pace). On CPU a call is synchronous: ``host_s`` is its whole time.
+
+torch.compile column: each (device, dtype, op, mode) gets its own freshly built forward function,
+compiled with ``fullgraph=True`` after ``torch._dynamo.reset()``, with
+``fail_on_recompile_limit_hit``; the backward is the compiled graph's (AOTAutograd), taken with
+``torch.autograd.grad`` outside the compiled function, as in a training step. A compile row is
+only reported when dynamo compiled the forward in one graph, compiled nothing new during the
+timed calls, and the profiler saw the compiled region run (``CompileGuard``); otherwise the row
+is refused and listed in ``refused`` with the reason, so the column never shows eager code.
 Bytes that must move are counted per element (see ``BYTES_PER_ELEMENT``) and divided by the
 median time; on a GPU this is also given as a share of the measured device-to-device copy rate.
 """
@@ -29,7 +40,8 @@ OPS = ("sample", "rsample", "log_prob", "rsample_and_log_prob")
 DTYPES_CHOICES = ("float32", "float64", "float16", "bfloat16")
 MODES = ("fwd", "fwd+bwd")
 ROTATE = 3
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+LATENCY_MAX_SIZE = 2**12  # rows at or below this size are the small-batch (latency) rows
 
 # Tensors of the element count that must cross memory, per element (in units of the dtype size):
 #   sample/rsample fwd      read loc, scale; write z                                  3
@@ -50,30 +62,102 @@ def combos(ops=OPS, modes=MODES):
 
 
 # ----------------------------------------------------------------------------- the work
-def make_work(dist_cls, op: str, mode: str):
-    """A function of (loc, scale, value, grad_a, grad_b) doing op/mode with ``dist_cls``."""
+def make_fwd(dist_cls, op: str):
+    """A new function of (loc, scale, value) returning op's outputs with ``dist_cls`` (a new code
+    object per call of make_fwd: a compiled copy never shares dynamo's cache with another row)."""
 
-    def work(loc, scale, value, grad_a, grad_b):
+    def fwd(loc, scale, value):
         d = dist_cls(loc, scale)
         if op == "sample":
             return (d.sample(),)
         if op == "rsample":
-            outs, grads = (d.rsample(),), (grad_a,)
-        elif op == "log_prob":
-            outs, grads = (d.log_prob(value),), (grad_a,)
-        else:
-            if hasattr(d, "rsample_and_log_prob"):
-                z, lp = d.rsample_and_log_prob()
-            else:
-                z = d.rsample()
-                lp = d.log_prob(z)
-            outs, grads = (z, lp), (grad_a, grad_b)
-        if mode == "fwd":
+            return (d.rsample(),)
+        if op == "log_prob":
+            return (d.log_prob(value),)
+        if hasattr(d, "rsample_and_log_prob"):
+            return tuple(d.rsample_and_log_prob())
+        z = d.rsample()
+        return (z, d.log_prob(z))
+
+    fwd.__code__ = fwd.__code__.replace(co_name=f"fwd_{op}")
+    return fwd
+
+
+def with_backward(fwd, op: str, mode: str):
+    """(loc, scale, value, grad_a, grad_b) -> fwd's outputs, or the gradients for fwd+bwd."""
+
+    def work(loc, scale, value, grad_a, grad_b):
+        outs = fwd(loc, scale, value)
+        if mode == "fwd" or op == "sample":
             return outs
         # torch.autograd.grad, not .backward(): no accumulation into .grad to time as well
-        return torch.autograd.grad(outs, (loc, scale), grads)
+        return torch.autograd.grad(outs, (loc, scale), (grad_a, grad_b)[: len(outs)])
 
     return work
+
+
+def make_work(dist_cls, op: str, mode: str):
+    """A function of (loc, scale, value, grad_a, grad_b) doing op/mode with ``dist_cls`` (eager)."""
+    return with_backward(make_fwd(dist_cls, op), op, mode)
+
+
+# ----------------------------------------------------------------------------- torch.compile, guarded
+class CompileRefused(Exception):
+    """The compiled function did not run as one compiled graph: the row must not be reported."""
+
+
+def _compile(fn):
+    return torch.compile(fn, fullgraph=True, dynamic=True)
+
+
+class CompileGuard:
+    """One compiled forward for one (device, dtype, op, mode), with fresh compiler state.
+
+    ``call`` runs under ``fail_on_recompile_limit_hit`` (dynamo raises instead of falling back
+    to eager); ``check_no_new_graphs`` and ``check_ran_compiled`` are the evidence a row needs.
+    """
+
+    RECOMPILE_LIMIT = 4  # size 1 is specialized (0/1), every other size shares one dynamic graph
+
+    def __init__(self, dist_cls, op: str, mode: str):
+        from torch._dynamo.utils import counters
+
+        torch._dynamo.reset()
+        counters.clear()
+        self._counters = counters
+        self.compiled_fwd = _compile(make_fwd(dist_cls, op))
+        self.work = with_backward(self._guarded_fwd, op, mode)
+
+    def _guarded_fwd(self, *args):
+        with torch._dynamo.config.patch(recompile_limit=self.RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
+            return self.compiled_fwd(*args)
+
+    def graphs(self) -> int:
+        return self._counters["stats"]["unique_graphs"]
+
+    def graph_breaks(self) -> int:
+        return sum(self._counters["graph_break"].values())
+
+    def check_clean(self) -> None:
+        if self.graph_breaks():
+            raise CompileRefused(f"graph breaks: {dict(self._counters['graph_break'])}")
+        if self.graphs() == 0:
+            raise CompileRefused("dynamo compiled no graph (the call ran eager code)")
+
+    def check_ran_compiled(self, args) -> None:
+        """Profile one call: the compiled region, and its compiled backward for fwd+bwd, must run."""
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            self.work(*args)
+        names = {e.name for e in prof.events()}
+        if not any(n.startswith("Torch-Compiled Region") for n in names):
+            raise CompileRefused("the profiler saw no compiled region run (eager code)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
 def implementations(device: str):
@@ -99,11 +183,13 @@ def implementations(device: str):
 
 
 def make_inputs(n: int, device: str, dtype: torch.dtype, mode: str, seed: int):
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    # drawn on the device itself: 2^28-element inputs made on the CPU take minutes
+    g = torch.Generator(device=device).manual_seed(seed)
 
     def rnd(*, positive=False):
-        t = torch.rand(n, generator=g) + 0.5 if positive else torch.randn(n, generator=g)
-        return t.to(device=device, dtype=dtype)
+        kw = dict(generator=g, device=device)
+        t = torch.rand(n, **kw) + 0.5 if positive else torch.randn(n, **kw)
+        return t.to(dtype=dtype)
 
     needs_grad = mode == "fwd+bwd"
     loc = rnd().requires_grad_(needs_grad)
@@ -133,6 +219,36 @@ def time_calls(fn, input_sets, device: str, repeats: int):
             fn(*args)
             times.append(time.perf_counter() - t0)
     return times
+
+
+def wall_and_host(fn, input_sets, device: str, repeats: int):
+    """(wall time per call of ``repeats`` back-to-back calls ending in one sync, median host time
+    a call takes to return). On CUDA the second is the Python + dispatch + launch cost alone."""
+    _sync(device)
+    host = []
+    t0 = time.perf_counter()
+    for i in range(repeats):
+        args = input_sets[i % len(input_sets)]
+        t = time.perf_counter()
+        fn(*args)
+        host.append(time.perf_counter() - t)
+    _sync(device)
+    return (time.perf_counter() - t0) / repeats, statistics.median(host)
+
+
+def seed_offset_draw_s(device: str, n: int, repeats: int = 200) -> float:
+    """Median host time of torchdist_fast's stream-position draw for n elements (one part of our
+    per-call host cost; op dispatch and launch preparation are the rest)."""
+    from .functional import draw_seed_offset
+
+    dev = torch.device(device)
+    draw_seed_offset(dev, n)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        draw_seed_offset(dev, n)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 def saved_bytes_per_element(fn, args, n: int) -> float:
@@ -217,6 +333,10 @@ class Result:
     ops_per_call: int | None = None
     ops_per_call_kind: str = ""
     host_syncs: int | None = None
+    host_s: float | None = None
+    wall_s: float | None = None
+    host_bound: bool | None = None
+    host_ratio_vs_eager: float | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -258,58 +378,58 @@ def cpu_name() -> str:
 
 
 def run(devices, dtypes, sizes_by_device, ops=OPS, modes=MODES, repeats=None, progress=None) -> dict:
-    """Run every combination; returns {"schema_version", "environment", "copy_bandwidth_gbps", "results"}."""
+    """Run every combination; returns {"schema_version", "environment", "copy_bandwidth_gbps",
+    "bytes_per_element", "results", "refused"} ("refused": compile rows not reported, and why)."""
     results: list[Result] = []
+    refused: list[dict] = []
     copy_bw = {d: copy_bandwidth_gbps(d) for d in devices if d == "cuda"}
     plan = [(d, dt, op, mode) for d in devices for dt in dtypes for op, mode in combos(ops, modes)]
     total = sum(len(sizes_by_device[d]) * len(implementations(d)) for d, *_ in plan)
     bar = progress(total) if progress else None
+    draw_cost = {}
     for device, dtype_name, op, mode in plan:
         dtype = getattr(torch, dtype_name)
-        compiled_cache = {}
+        guard = None  # the compiled function of this (device, dtype, op, mode), built at its first size
+        guard_error = None
         for size in sizes_by_device[device]:
             n_rep = repeats or _default_repeats(device, size)
             input_sets = [make_inputs(size, device, dtype, mode, seed) for seed in range(ROTATE)]
             row = {}
             for impl, (cls, compiled, ctx) in implementations(device).items():
-                work = make_work(cls, op, mode)
-                warm = None
+                label = f"{device} {dtype_name} {op} {mode} 2^{int(math.log2(size))} {impl}"
                 if compiled:
-                    if op not in compiled_cache:
-                        # dynamic shapes: one compile per op/mode serves every size
-                        compiled_cache[op] = torch.compile(work, dynamic=True)
-                    fn = compiled_cache[op]
+                    if guard is None and guard_error is None:
+                        try:
+                            guard = CompileGuard(cls, op, mode)
+                        except Exception as exc:  # noqa: BLE001 - reported as a refused row
+                            guard_error = _first_line(exc)
+                    if guard_error is not None:
+                        refused.append(dict(device=device, dtype=dtype_name, op=op, mode=mode, size=size, reason=guard_error))
+                        if bar:
+                            bar(label + " (refused)")
+                        continue
+                    try:
+                        res = _measure_compiled(guard, cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw)
+                    except Exception as exc:  # noqa: BLE001 - a fallback, a break or a recompile: refuse the row
+                        refused.append(dict(device=device, dtype=dtype_name, op=op, mode=mode, size=size, reason=_first_line(exc)))
+                        if bar:
+                            bar(label + " (refused)")
+                        continue
                 else:
-                    fn = work
-                with ctx():
-                    t0 = time.perf_counter()
-                    fn(*input_sets[0])
-                    _sync(device)
-                    if compiled:
-                        warm = time.perf_counter() - t0
-                    fn(*input_sets[1 % ROTATE])
-                    times = time_calls(fn, input_sets, device, n_rep)
-                    med = statistics.median(times)
-                    nbytes = BYTES_PER_ELEMENT[(op, mode)] * size * dtype.itemsize
-                    res = Result(
-                        device=device, dtype=dtype_name, op=op, mode=mode, size=size, impl=impl,
-                        median_s=med, min_s=min(times), max_s=max(times), repeats=n_rep,
-                        gbps=nbytes / med / 1e9, compile_warmup_s=warm,
-                    )
-                    if device in copy_bw:
-                        res.pct_copy_bandwidth = 100 * res.gbps / copy_bw[device]
-                    if mode == "fwd+bwd":
-                        res.saved_bytes_per_element = _saved(cls, op, compiled, input_sets[0], size)
-                    if not (compiled and device != "cuda"):
-                        res.ops_per_call = ops_per_call(fn, input_sets[0], device)
-                        res.ops_per_call_kind = "kernels" if device == "cuda" else "aten ops"
-                    res.host_syncs = host_syncs_per_call(fn, input_sets[0], device)
+                    with ctx():
+                        res = _measure(make_work(cls, op, mode), cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw)
+                    if impl.startswith("torchdist_fast") and size <= LATENCY_MAX_SIZE:
+                        if (device, size) not in draw_cost:
+                            draw_cost[(device, size)] = seed_offset_draw_s(device, size)
+                        res.extra["seed_offset_draw_s"] = draw_cost[(device, size)]
+                res.device, res.dtype, res.impl = device, dtype_name, impl
                 row[impl] = res
                 if bar:
-                    bar(f"{device} {dtype_name} {op} {mode} 2^{int(math.log2(size))} {impl}")
+                    bar(label)
             for res in row.values():
                 res.ratio_vs_eager = row["eager"].median_s / res.median_s
-                res.ratio_vs_compile = row["compile"].median_s / res.median_s
+                res.ratio_vs_compile = row["compile"].median_s / res.median_s if "compile" in row else None
+                res.host_ratio_vs_eager = res.host_s / row["eager"].host_s
                 results.append(res)
     return {
         "schema_version": SCHEMA_VERSION,
@@ -317,19 +437,65 @@ def run(devices, dtypes, sizes_by_device, ops=OPS, modes=MODES, repeats=None, pr
         "copy_bandwidth_gbps": copy_bw,
         "bytes_per_element": {f"{op}/{mode}": v for (op, mode), v in BYTES_PER_ELEMENT.items()},
         "results": [asdict(r) for r in results],
+        "refused": refused,
     }
 
 
-_SAVED_CACHE: dict = {}
+def _timings(fn, op, mode, size, device, dtype, input_sets, n_rep, copy_bw, warm=None) -> "Result":
+    times = time_calls(fn, input_sets, device, n_rep)
+    med = statistics.median(times)
+    nbytes = BYTES_PER_ELEMENT[(op, mode)] * size * dtype.itemsize
+    res = Result(device=device, dtype="", op=op, mode=mode, size=size, impl="", median_s=med, min_s=min(times),
+                 max_s=max(times), repeats=n_rep, gbps=nbytes / med / 1e9, compile_warmup_s=warm)
+    if device in copy_bw:
+        res.pct_copy_bandwidth = 100 * res.gbps / copy_bw[device]
+    if device == "cuda":
+        res.wall_s, res.host_s = wall_and_host(fn, input_sets, device, n_rep)
+        # the host sets the pace when a call takes (almost) as long to issue as to run back to back
+        res.host_bound = res.host_s >= 0.8 * res.wall_s
+    else:
+        res.host_s = res.wall_s = med  # a CPU call is synchronous: all of it is host time
+    return res
 
 
-def _saved(cls, op, compiled, args, size):
-    """Saved bytes of the forward pass of op (what fwd+bwd keeps between the two)."""
-    key = (cls, op, compiled)
-    if key not in _SAVED_CACHE:
-        fwd = make_work(cls, op, "fwd")
-        _SAVED_CACHE[key] = torch.compile(fwd, dynamic=True) if compiled else fwd
-    return saved_bytes_per_element(_SAVED_CACHE[key], args, size)
+def _measure(fn, cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw) -> "Result":
+    fn(*input_sets[0])  # warm-up
+    _sync(device)
+    fn(*input_sets[1 % ROTATE])
+    res = _timings(fn, op, mode, size, device, dtype, input_sets, n_rep, copy_bw)
+    if mode == "fwd+bwd":
+        res.saved_bytes_per_element = saved_bytes_per_element(make_fwd(cls, op), input_sets[0][:3], size)
+    res.ops_per_call = ops_per_call(fn, input_sets[0], device)
+    res.ops_per_call_kind = "kernels" if device == "cuda" else "aten ops"
+    res.host_syncs = host_syncs_per_call(fn, input_sets[0], device)
+    return res
+
+
+def _measure_compiled(guard: CompileGuard, cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw) -> "Result":
+    fn = guard.work
+    graphs_before = guard.graphs()
+    t0 = time.perf_counter()
+    fn(*input_sets[0])  # warm-up: compiles when this size needs a graph (first size, size 1)
+    _sync(device)
+    warm = time.perf_counter() - t0
+    guard.check_clean()
+    compiled_now = guard.graphs() - graphs_before
+    graphs_after_warmup = guard.graphs()
+    fn(*input_sets[1 % ROTATE])
+    res = _timings(fn, op, mode, size, device, dtype, input_sets, n_rep, copy_bw, warm=warm if compiled_now else None)
+    if mode == "fwd+bwd":
+        res.saved_bytes_per_element = saved_bytes_per_element(guard._guarded_fwd, input_sets[0][:3], size)
+    guard.check_ran_compiled(input_sets[0])
+    if device == "cuda":
+        res.ops_per_call = ops_per_call(fn, input_sets[0], device)
+        res.ops_per_call_kind = "kernels"
+    res.host_syncs = host_syncs_per_call(fn, input_sets[0], device)
+    guard.check_clean()
+    if guard.graphs() != graphs_after_warmup:
+        raise CompileRefused(f"dynamo recompiled during the timed calls ({guard.graphs() - graphs_after_warmup} new graphs)")
+    res.extra["compile"] = {"graphs_total": guard.graphs(), "graphs_compiled_at_this_size": compiled_now,
+                            "graph_breaks": guard.graph_breaks(), "recompiles_while_timed": 0, "compiled_region_ran": True}
+    return res
 
 
 def _default_repeats(device, size):
@@ -340,23 +506,39 @@ def _default_repeats(device, size):
 
 # ----------------------------------------------------------------------------- reporting
 def _fmt_time(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} us"
     return f"{s * 1e3:.3f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def _fmt_ratio(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _pow2(n: int) -> str:
+    return f"2^{n.bit_length() - 1}" if n > 0 and n & (n - 1) == 0 else str(n)
 
 
 def format_table(data: dict) -> str:
     cols = ["device", "dtype", "op", "mode", "size", "impl", "median", "x eager", "x compile", "GB/s",
-            "% copy", "saved B/el", "ops/call", "syncs", "compile warm-up"]
+            "% copy", "host/call", "wall/call", "host-bound", "saved B/el", "ops/call", "syncs", "compile warm-up"]
     rows = []
     for r in data["results"]:
         rows.append([
-            r["device"], r["dtype"], r["op"], r["mode"], f"2^{int(math.log2(r['size']))}", r["impl"],
-            _fmt_time(r["median_s"]), f"{r['ratio_vs_eager']:.2f}", f"{r['ratio_vs_compile']:.2f}", f"{r['gbps']:.2f}",
+            r["device"], r["dtype"], r["op"], r["mode"], _pow2(r["size"]), r["impl"],
+            _fmt_time(r["median_s"]), _fmt_ratio(r["ratio_vs_eager"]), _fmt_ratio(r["ratio_vs_compile"]), f"{r['gbps']:.2f}",
             "-" if r["pct_copy_bandwidth"] is None else f"{r['pct_copy_bandwidth']:.0f}%",
+            "-" if r.get("host_s") is None else _fmt_time(r["host_s"]),
+            "-" if r.get("wall_s") is None else _fmt_time(r["wall_s"]),
+            "-" if r.get("host_bound") is None else ("HOST" if r["host_bound"] else "no"),
             "-" if r["saved_bytes_per_element"] is None else f"{r['saved_bytes_per_element']:.2f}",
             "-" if r["ops_per_call"] is None else f"{r['ops_per_call']} {r['ops_per_call_kind']}",
             "-" if r["host_syncs"] is None else str(r["host_syncs"]),
             "-" if r["compile_warmup_s"] is None else f"{r['compile_warmup_s']:.1f} s",
         ])
+    for r in data.get("refused", []):
+        rows.append([r["device"], r["dtype"], r["op"], r["mode"], _pow2(r["size"]), "compile",
+                     "REFUSED: " + r["reason"][:60]] + ["-"] * (len(cols) - 7))
     widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
     return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])
@@ -403,33 +585,71 @@ def write_outputs(data: dict, out_dir: str, stem: str) -> tuple[str, str]:
     return json_path, png_path
 
 
+LATENCY_SUMMARY_SIZES = (2**0, 2**6, 2**12)
+
+
 def summary_markdown(data: dict, path_label: str) -> str:
-    """The README's summary: per device, the largest size of each op/mode, our column against
-    eager and torch.compile. Regenerated from a results file; a test keeps README and file equal."""
+    """The README's summary: per device and dtype, the largest size of each op/mode (our column
+    against eager and torch.compile), then the small-batch rows (host time per call).
+    Regenerated from a results file; a test keeps README and file equal."""
     env = data["environment"]
+    refused = {(r["device"], r["dtype"], r["op"], r["mode"], r["size"]): r["reason"] for r in data.get("refused", [])}
     lines = []
     for device in sorted({r["device"] for r in data["results"]}):
-        rows = [r for r in data["results"] if r["device"] == device]
-        size = max(r["size"] for r in rows)
-        dtype = rows[0]["dtype"]
-        lines.append(f"{env['devices'][device]} ({device}), {dtype}, N = 2^{size.bit_length() - 1}, {env['date'][:10]}, "
-                     f"torch {env['torch']}, triton {env['triton']} — `{path_label}`")
-        lines.append("")
-        lines.append("| op | mode | eager | torch.compile | torchdist_fast | x eager | x compile | "
-                     "saved B/el (eager / compile / ours) | Philox on CPU, x eager |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
-        for op, mode in combos():
-            by_impl = {r["impl"]: r for r in rows if r["size"] == size and r["op"] == op and r["mode"] == mode}
-            if not {"eager", "compile", "torchdist_fast"} <= set(by_impl):
-                continue
-            e, c, o = by_impl["eager"], by_impl["compile"], by_impl["torchdist_fast"]
-            p = by_impl.get("torchdist_fast[philox]")
-            philox = "-" if p is None else f"{p['ratio_vs_eager']:.2f}"
-            saved = "-" if o["saved_bytes_per_element"] is None else " / ".join(
-                f"{r['saved_bytes_per_element']:.1f}" for r in (e, c, o))
-            lines.append(f"| {op} | {mode} | {_fmt_time(e['median_s'])} | {_fmt_time(c['median_s'])} | "
-                         f"{_fmt_time(o['median_s'])} | {o['ratio_vs_eager']:.2f} | {o['ratio_vs_compile']:.2f} | {saved} | "
-                         f"{philox} |")
+        for dtype in dict.fromkeys(r["dtype"] for r in data["results"] if r["device"] == device):
+            rows = [r for r in data["results"] if r["device"] == device and r["dtype"] == dtype]
+            size = max(r["size"] for r in rows)
+            lines.append(f"{env['devices'][device]} ({device}), {dtype}, N = {_pow2(size)}, {env['date'][:10]}, "
+                         f"torch {env['torch']}, triton {env['triton']} — `{path_label}`")
+            lines.append("")
+            lines.append("| op | mode | eager | torch.compile | torchdist_fast | x eager | x compile | "
+                         "saved B/el (eager / compile / ours) | Philox on CPU, x eager |")
+            lines.append("|---|---|---|---|---|---|---|---|---|")
+            for op, mode in combos():
+                by_impl = {r["impl"]: r for r in rows if r["size"] == size and r["op"] == op and r["mode"] == mode}
+                if not {"eager", "torchdist_fast"} <= set(by_impl):
+                    continue
+                e, o = by_impl["eager"], by_impl["torchdist_fast"]
+                c = by_impl.get("compile")
+                p = by_impl.get("torchdist_fast[philox]")
+                philox = "-" if p is None else f"{p['ratio_vs_eager']:.2f}"
+                saved = "-" if o["saved_bytes_per_element"] is None else " / ".join(
+                    "-" if r is None else f"{r['saved_bytes_per_element']:.1f}" for r in (e, c, o))
+                ctime = _fmt_time(c["median_s"]) if c else "refused" if (device, dtype, op, mode, size) in refused else "-"
+                lines.append(f"| {op} | {mode} | {_fmt_time(e['median_s'])} | {ctime} | "
+                             f"{_fmt_time(o['median_s'])} | {o['ratio_vs_eager']:.2f} | {_fmt_ratio(o['ratio_vs_compile'])} | "
+                             f"{saved} | {philox} |")
+            lines.append("")
+            small = [s for s in LATENCY_SUMMARY_SIZES if any(r["size"] == s for r in rows)]
+            if small:
+                gpu = device == "cuda"
+                lines.append(f"Small batches ({device}, {dtype}): host time per call"
+                             + (" (time for a call to return; wall = back-to-back calls incl. the GPU)" if gpu else
+                                " (a CPU call is synchronous: its whole time)") + ", torchdist_fast against eager and compile")
+                lines.append("")
+                head = "| op | mode | N | eager | torch.compile | torchdist_fast | ours / eager | ours / compile |"
+                if gpu:
+                    head += " wall eager / compile / ours | host-bound (eager / compile / ours) |"
+                lines.append(head)
+                lines.append("|" + "---|" * (head.count("|") - 1))
+                for op, mode in combos():
+                    for s in small:
+                        by_impl = {r["impl"]: r for r in rows if r["size"] == s and r["op"] == op and r["mode"] == mode}
+                        if not {"eager", "torchdist_fast"} <= set(by_impl):
+                            continue
+                        e, o, c = by_impl["eager"], by_impl["torchdist_fast"], by_impl.get("compile")
+                        line = (f"| {op} | {mode} | {_pow2(s)} | {_fmt_time(e['host_s'])} | "
+                                f"{_fmt_time(c['host_s']) if c else 'refused'} | {_fmt_time(o['host_s'])} | "
+                                f"{o['host_s'] / e['host_s']:.2f} | {_fmt_ratio(o['host_s'] / c['host_s'] if c else None)} |")
+                        if gpu:
+                            walls = " / ".join("-" if r is None else _fmt_time(r["wall_s"]) for r in (e, c, o))
+                            hb = " / ".join("-" if r is None else ("host" if r["host_bound"] else "GPU") for r in (e, c, o))
+                            line += f" {walls} | {hb} |"
+                        lines.append(line)
+                lines.append("")
+    if refused:
+        lines.append(f"torch.compile rows refused (dynamo fell back, broke the graph or recompiled): {len(refused)}; "
+                     "see `refused` in the file.")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
