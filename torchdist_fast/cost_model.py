@@ -18,11 +18,13 @@ the op weighted by the elements each covers (a bulk launch plus a tail launch).
 
 Prediction for an H100 SXM (a model, not a measurement):
   issue time  = N * instr_per_elem / 32 / (4 warp-instr/clk/SM * 132 SMs * 1.98 GHz * efficiency)
-  MUFU time   = N * (MUFU + conversions per elem) / 32 / (0.5 warp-instr/clk/SM * 132 * 1.98 GHz)
+  MUFU time   = N * (MUFU + I2F/F2I/F2F per elem) / 32 / (0.5 warp-instr/clk/SM * 132 * 1.98 GHz)
   fp64 time   = N * fp64 per elem / 32 / (2 warp-instr/clk/SM * 132 * 1.98 GHz)
   memory time = bytes that must move / 3.0 TB/s (copy bandwidth)
   predicted % of copy bandwidth = memory time / max(all four)
-Efficiency is 0.8 in the table and the CI thresholds (1.0 is ideal issue).
+Efficiency is 0.8 in the table and the CI thresholds (1.0 is ideal issue). Assumed rates:
+MUFU and the classic conversions (I2F, F2I, F2F) 16 lanes / clk / SM; I2FP / F2FP (the
+sm_86+ conversions on the FMA and ALU pipes) at the full issue rate; fp64 64 lanes / clk / SM.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ THRESHOLDS_JSON = Path(__file__).resolve().with_name("cost_model_thresholds.json
 
 ITEMSIZE = {"fp32": 4, "fp64": 8, "fp16": 2, "bf16": 2}
 TORCH_DTYPE = {"fp32": "float32", "fp64": "float64", "fp16": "float16", "bf16": "bfloat16"}
-CLASSES = ("imul", "fp32", "fp64", "mufu", "conv", "alu", "uniform", "ld", "st", "branch", "shared", "local", "other")
+CLASSES = ("imul", "fp32", "fp64", "mufu", "xconv", "conv", "alu", "uniform", "ld", "st", "branch", "shared", "local", "other")
 
 
 # ------------------------------------------------------------------------------------ SASS
@@ -107,8 +109,10 @@ def classify(op: str) -> str:
         return "fp64"
     if base == "MUFU":
         return "mufu"
-    if base in ("I2F", "F2I", "F2F", "I2FP", "F2FP", "FRND", "I2I"):
-        return "conv"
+    if base in ("I2F", "F2I", "F2F", "FRND", "I2I"):
+        return "xconv"   # conversions on the quarter-rate unit, like MUFU
+    if base in ("I2FP", "F2FP", "F2IP"):
+        return "conv"    # sm_86+ conversions on the FMA/ALU pipes (full issue rate assumed)
     if base in ("LDG", "LD", "LDC"):
         return "ld"
     if base in ("STG", "ST"):
@@ -364,7 +368,7 @@ def model_variant(v: Variant, efficiency=EFFICIENCY) -> dict:
     total = sum(per_elem.values())
     n = v.numel
     t_issue = n * total / 32 / (ISSUE_PER_CLK_SM * SMS * CLOCK_HZ * efficiency)
-    t_xu = n * (per_elem["mufu"] + per_elem["conv"]) / 32 / (XU_PER_CLK_SM * SMS * CLOCK_HZ)
+    t_xu = n * (per_elem["mufu"] + per_elem["xconv"]) / 32 / (XU_PER_CLK_SM * SMS * CLOCK_HZ)
     t_fp64 = n * per_elem["fp64"] / 32 / (FP64_PER_CLK_SM * SMS * CLOCK_HZ)
     t_mem = n * v.bytes_per_elem / COPY_BW
     bound = max(("issue", t_issue), ("mufu", t_xu), ("fp64", t_fp64), ("memory", t_mem), key=lambda x: x[1])
@@ -404,13 +408,13 @@ def run_model(n=N_DEFAULT, dtypes=("fp32", "fp64", "fp16", "bf16"), quick=False,
 
 
 def markdown_table(rows) -> str:
-    lines = ["| variant | instr / elem | int mul | fp32 | MUFU | conv | ALU | global ld / st (width: count per elem) | shared | spills | bytes / elem | predicted % of copy BW | bound |",
+    lines = ["| variant | instr / elem | int mul | fp32 | MUFU + I2F | I2FP/F2FP | ALU | global ld / st (width: count per elem) | shared | spills | bytes / elem | predicted % of copy BW | bound |",
              "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
     for r in rows:
         p = r["per_elem"]
         mem = " ".join(f"{k}:{v:g}" for k, v in r["mem_per_elem"].items())
         lines.append(f"| {r['variant']} | {r['instr_per_elem']:.1f} | {p.get('imul', 0):.1f} | {p.get('fp32', 0) + p.get('fp64', 0):.1f} | "
-                     f"{p.get('mufu', 0):.2f} | {p.get('conv', 0):.2f} | {p.get('alu', 0) + p.get('uniform', 0):.1f} | {mem} | "
+                     f"{p.get('mufu', 0) + p.get('xconv', 0):.2f} | {p.get('conv', 0):.2f} | {p.get('alu', 0) + p.get('uniform', 0):.1f} | {mem} | "
                      f"{p.get('shared', 0):.2f} | {r['spills']} | {r['bytes_per_elem']:g} | {r['pct_copy_bw']:.0f} % | {r['bound']} |")
     return "\n".join(lines)
 

@@ -17,7 +17,7 @@ def block_counters(dtype) -> int:
     """Philox counters per program (4 elements each): 1024 elements, 512 for float64."""
     import torch
 
-    return 128 if dtype == torch.float64 else 256
+    return 256 if dtype == torch.float64 else 1024
 
 
 def grid_for(numel: int, block: int):

@@ -40,7 +40,8 @@ def _normal_rsample_fwd_kernel(
 ):
     pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = z_ptr.dtype.element_ty == tl.float64
-    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH)
+    PAIRS: tl.constexpr = z_ptr.dtype.element_ty.primitive_bitwidth == 16
+    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH, PAIRS)
     mask = idx < numel
     loc = _operand(loc_ptr, idx, mask, 0.0, LOC_SCALAR, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3)
     scale = _operand(scale_ptr, idx, mask, 1.0, SCALE_SCALAR, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3)
@@ -63,7 +64,8 @@ def _normal_rsample_bwd_kernel(
 ):
     pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = scale_ptr.dtype.element_ty == tl.float64
-    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH)
+    PAIRS: tl.constexpr = scale_ptr.dtype.element_ty.primitive_bitwidth == 16
+    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH, PAIRS)
     mask = idx < numel
     grad_scale = tl.zeros_like(eps)
     if HAS_GRAD_Z:

@@ -118,12 +118,27 @@ def _stream_normals(counter_idx, seed_lo, seed_hi, offset_lo, offset_hi, IS_FP64
 
 @triton.jit
 def _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constexpr, IS_FP64: tl.constexpr,
-                  FAST_MATH: tl.constexpr):
-    """Normals of output elements pid*4*BLOCK .. +4*BLOCK, in stream order, and their indices."""
-    counter_idx = pid * BLOCK + tl.arange(0, BLOCK)
-    z0, z1, z2, z3 = _stream_normals(counter_idx, seed_lo, seed_hi, offset_lo, offset_hi, IS_FP64, FAST_MATH)
-    # element 4c + lane: interleaving keeps the store contiguous
-    eps = tl.interleave(tl.interleave(z0, z2), tl.interleave(z1, z3))
+                  FAST_MATH: tl.constexpr, PAIRS: tl.constexpr = False):
+    """Normals of output elements pid*4*BLOCK .. +4*BLOCK, in stream order, and their indices.
+
+    PAIRS (16-bit outputs): each position holds two consecutive counters, so one thread owns
+    8 consecutive outputs (16 bytes: a vector store with no shared-memory layout change).
+    Otherwise one counter per position: 4 consecutive outputs (16 bytes of float32).
+    """
+    if PAIRS:
+        even = pid * BLOCK + 2 * tl.arange(0, BLOCK // 2)
+        a0, a1, a2, a3 = _stream_normals(even, seed_lo, seed_hi, offset_lo, offset_hi, IS_FP64, FAST_MATH)
+        b0, b1, b2, b3 = _stream_normals(even + 1, seed_lo, seed_hi, offset_lo, offset_hi, IS_FP64, FAST_MATH)
+        # element 8p + 4h + lane (h: 0 even counter, 1 odd): nested interleaves, lowest index bit outermost
+        eps = tl.interleave(
+            tl.interleave(tl.interleave(a0, b0), tl.interleave(a2, b2)),
+            tl.interleave(tl.interleave(a1, b1), tl.interleave(a3, b3)),
+        )
+    else:
+        counter_idx = pid * BLOCK + tl.arange(0, BLOCK)
+        z0, z1, z2, z3 = _stream_normals(counter_idx, seed_lo, seed_hi, offset_lo, offset_hi, IS_FP64, FAST_MATH)
+        # element 4c + lane: interleaving keeps the store contiguous
+        eps = tl.interleave(tl.interleave(z0, z2), tl.interleave(z1, z3))
     idx = pid * (4 * BLOCK) + tl.arange(0, 4 * BLOCK)
     return eps, idx
 
@@ -133,7 +148,8 @@ def _philox_randn_kernel(out_ptr, numel, pid_base, seed_lo, seed_hi, offset_lo, 
                          FAST_MATH: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = out_ptr.dtype.element_ty == tl.float64
-    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH)
+    PAIRS: tl.constexpr = out_ptr.dtype.element_ty.primitive_bitwidth == 16
+    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH, PAIRS)
     tl.store(out_ptr + idx, eps.to(out_ptr.dtype.element_ty), mask=idx < numel)
 
 
