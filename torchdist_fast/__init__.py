@@ -16,6 +16,7 @@ from .backend import (
     set_gpu_kernel,
 )
 from .distribution import Normal, patch
+from . import kl  # noqa: F401,E402  (registers kl_divergence for torchdist_fast.Normal)
 from .functional import randn
 
 __version__ = "0.1.0"

@@ -444,8 +444,8 @@ class Normal(_TorchNormal):
 
 # ---------------------------------------------------------------------------------- patch
 # What patch() routes on torch's class: the sampling methods and log_prob (and the fused pairs,
-# which torch's class lacks). Construction, validation, expand, entropy, cdf/icdf, pickling and
-# the kl_divergence registrations stay torch's own.
+# which torch's class lacks), and kl_divergence's (Normal, Normal) registration. Construction,
+# validation, expand, entropy, cdf/icdf and pickling stay torch's own.
 _ROUTED = {
     "rsample": _rsample,
     "sample": _sample,
@@ -454,6 +454,21 @@ _ROUTED = {
     "sample_and_log_prob": _sample_and_log_prob,
 }
 _MISSING = object()
+
+
+_TORCH_KL = torch.distributions.kl._KL_REGISTRY[(_TorchNormal, _TorchNormal)]
+
+
+def _fused_kl():
+    from .kl import kl_normal_normal  # imported here: kl.py imports this module
+
+    return kl_normal_normal
+
+
+def _swap_kl(fn) -> None:
+    """torch's KL registration for (Normal, Normal), and the dispatch memo that caches it."""
+    torch.distributions.kl._KL_REGISTRY[(_TorchNormal, _TorchNormal)] = fn
+    torch.distributions.kl._KL_MEMOIZE.clear()
 
 
 class _Patch(contextlib.ContextDecorator):
@@ -471,6 +486,7 @@ class _Patch(contextlib.ContextDecorator):
                 cls._saved = {name: _TorchNormal.__dict__.get(name, _MISSING) for name in _ROUTED}
                 for name, fn in _ROUTED.items():
                     setattr(_TorchNormal, name, fn)
+                _swap_kl(_fused_kl())
             cls._depth += 1
         return self
 
@@ -485,6 +501,7 @@ class _Patch(contextlib.ContextDecorator):
                     else:
                         setattr(_TorchNormal, name, old)
                 cls._saved = {}
+                _swap_kl(_TORCH_KL)
         return False
 
 
@@ -509,7 +526,8 @@ def patch(*modules) -> _Patch:
     ``rsample_and_log_prob`` / ``sample_and_log_prob`` and ``generator=``. That covers every
     instance: made before or inside the scope, by code that imported ``Normal`` in any way, of a
     subclass (pyro's ``Normal``) unless it overrides the method, and the base distributions of
-    ``LogNormal``, ``HalfNormal``, ``LogisticNormal``, ``Independent``. No name is rebound:
+    ``LogNormal``, ``HalfNormal``, ``LogisticNormal``, ``Independent``; ``kl_divergence`` of two
+    Normals dispatches to the fused KL (``torchdist_fast.kl``). No name is rebound:
     ``torch.distributions.Normal`` stays torch's class, so ``expand``, pickling,
     ``kl_divergence``, ``isinstance`` and subclassing behave exactly as outside the scope.
     What changes is where the numbers come from, by the same rule as ``torchdist_fast.Normal``:
