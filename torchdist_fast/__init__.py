@@ -17,12 +17,14 @@ from .backend import (
 )
 from .distribution import Normal, patch
 from . import kl  # noqa: F401,E402  (registers kl_divergence for torchdist_fast.Normal)
+from .independent import IndependentNormal
 from .functional import randn
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Normal",
+    "IndependentNormal",
     "patch",
     "randn",
     "cpu_kernel",

@@ -38,7 +38,7 @@ import math
 import threading
 
 import torch
-from torch.distributions import constraints
+from torch.distributions import Independent, constraints
 from torch.distributions.utils import broadcast_all, lazy_property
 from torch.types import _Number
 
@@ -410,6 +410,13 @@ class Normal(_TorchNormal):
             "but found invalid values (checked with torch._assert_async: values not printed)",
         )
 
+    def to_event(self, reinterpreted_batch_ndims: int = 1):
+        """``Independent(self, k)`` as ``torchdist_fast.IndependentNormal``: ``log_prob`` and
+        ``entropy`` summed over the k rightmost batch dims inside the kernel."""
+        from .independent import IndependentNormal
+
+        return IndependentNormal(self, reinterpreted_batch_ndims)
+
     # ------------------------------------------------------------------ sampling and log_prob
     # the module functions above, shared with torch's class under patch()
     rsample = _rsample
@@ -465,6 +472,14 @@ def _fused_kl():
     return kl_normal_normal
 
 
+def _independent_routes():
+    """What patch() routes on torch's Independent: log_prob and entropy (event sums in the kernel
+    when the base is a Normal; the functions fall back to torch's code for any other base)."""
+    from . import independent  # imported here: independent.py imports this module
+
+    return {"log_prob": independent._log_prob, "entropy": independent._entropy}
+
+
 def _swap_kl(fn) -> None:
     """torch's KL registration for (Normal, Normal), and the dispatch memo that caches it."""
     torch.distributions.kl._KL_REGISTRY[(_TorchNormal, _TorchNormal)] = fn
@@ -478,6 +493,7 @@ class _Patch(contextlib.ContextDecorator):
     _lock = threading.Lock()
     _depth = 0
     _saved: dict = {}
+    _saved_independent: dict = {}
 
     def __enter__(self):
         cls = type(self)
@@ -487,6 +503,9 @@ class _Patch(contextlib.ContextDecorator):
                 for name, fn in _ROUTED.items():
                     setattr(_TorchNormal, name, fn)
                 _swap_kl(_fused_kl())
+                cls._saved_independent = {name: Independent.__dict__[name] for name in _independent_routes()}
+                for name, fn in _independent_routes().items():
+                    setattr(Independent, name, fn)
             cls._depth += 1
         return self
 
@@ -502,6 +521,9 @@ class _Patch(contextlib.ContextDecorator):
                         setattr(_TorchNormal, name, old)
                 cls._saved = {}
                 _swap_kl(_TORCH_KL)
+                for name, fn in cls._saved_independent.items():
+                    setattr(Independent, name, fn)
+                cls._saved_independent = {}
         return False
 
 
@@ -527,7 +549,8 @@ def patch(*modules) -> _Patch:
     instance: made before or inside the scope, by code that imported ``Normal`` in any way, of a
     subclass (pyro's ``Normal``) unless it overrides the method, and the base distributions of
     ``LogNormal``, ``HalfNormal``, ``LogisticNormal``, ``Independent``; ``kl_divergence`` of two
-    Normals dispatches to the fused KL (``torchdist_fast.kl``). No name is rebound:
+    Normals dispatches to the fused KL (``torchdist_fast.kl``), and ``Independent.log_prob`` /
+    ``entropy`` with a Normal base sum over the event dims inside the kernel. No name is rebound:
     ``torch.distributions.Normal`` stays torch's class, so ``expand``, pickling,
     ``kl_divergence``, ``isinstance`` and subclassing behave exactly as outside the scope.
     What changes is where the numbers come from, by the same rule as ``torchdist_fast.Normal``:

@@ -334,3 +334,100 @@ def _kl_backward(ctx, grad):
 
 
 normal_kl.register_autograd(_kl_backward, setup_context=_kl_setup_context)
+
+
+# ---------------------------------------------------------------------------- event-dim sums
+def _check_event_dims(event_dims, ndim: int) -> int:
+    if isinstance(event_dims, bool) or not isinstance(event_dims, int):
+        raise TypeError(f"event_dims must be an int, got {type(event_dims).__name__}")
+    if not 0 <= event_dims <= ndim:
+        raise RuntimeError(f"torchdist_fast: event_dims must be in [0, {ndim}] for a {ndim}-dim shape, got {event_dims}")
+    return event_dims
+
+
+def _event_sum_reference(per_element: torch.Tensor, event_dims: int, dtype: torch.dtype) -> torch.Tensor:
+    """Sum over the rightmost ``event_dims`` dims in the compute dtype, then round to ``dtype``."""
+    if event_dims:
+        per_element = per_element.sum(tuple(range(-event_dims, 0)))
+    return per_element.to(dtype)
+
+
+@torch.library.custom_op(
+    "torchdist_fast::normal_log_prob_sum", mutates_args=(),
+    schema="(Tensor value, Tensor loc, Tensor scale, int event_dims) -> Tensor",
+)
+def normal_log_prob_sum(value, loc, scale, event_dims):
+    """normal_log_prob summed over the rightmost ``event_dims`` dims (Independent's log_prob)."""
+    full = _log_prob_shape(value, loc, scale)
+    _check_event_dims(event_dims, len(full))
+    if uses_gpu_kernels(value.device):
+        from .triton_kernels.normal_event_sum import normal_log_prob_sum_fwd
+
+        return normal_log_prob_sum_fwd(value, loc, scale, event_dims)
+    cdt = reference.compute_dtype(value.dtype)
+    v, m, s = value.to(cdt), loc.to(cdt), scale.to(cdt)
+    y = (v - m) / s
+    per_element = (-0.5 * y * y - torch.log(s) - reference.LOG_SQRT_2PI).expand(full)
+    return _event_sum_reference(per_element, event_dims, value.dtype)
+
+
+@normal_log_prob_sum.register_fake
+def _(value, loc, scale, event_dims):
+    full = _log_prob_shape(value, loc, scale)
+    _check_event_dims(event_dims, len(full))
+    return value.new_empty(full[: len(full) - event_dims])
+
+
+def _log_prob_sum_backward(ctx, grad):
+    value, loc, scale = ctx.saved_tensors
+    full = reference.broadcast_shape(value.shape, loc.shape, scale.shape)
+    # the summed gradient, broadcast back along the event dims (a stride-0 view, not a copy)
+    grad_full = grad.reshape(tuple(grad.shape) + (1,) * ctx.event_dims).expand(full)
+    mask = list(ctx.needs_input_grad[:3])
+    grads = torch.ops.torchdist_fast.normal_log_prob_backward(grad_full, value, loc, scale, mask)
+    return tuple(g if need else None for g, need in zip(grads, mask)) + (None,)
+
+
+def _log_prob_sum_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:3])  # the inputs themselves: no new memory
+    ctx.event_dims = inputs[3]
+
+
+normal_log_prob_sum.register_autograd(_log_prob_sum_backward, setup_context=_log_prob_sum_setup_context)
+
+
+@torch.library.custom_op(
+    "torchdist_fast::normal_entropy_sum", mutates_args=(), schema="(Tensor scale, int event_dims) -> Tensor",
+)
+def normal_entropy_sum(scale, event_dims):
+    """Normal entropy ``1/2 + log(sqrt(2 pi)) + log(scale)`` summed over the rightmost ``event_dims`` dims."""
+    check_params(scale)
+    _check_event_dims(event_dims, scale.dim())
+    if uses_gpu_kernels(scale.device):
+        from .triton_kernels.normal_event_sum import normal_entropy_sum_fwd
+
+        return normal_entropy_sum_fwd(scale, event_dims)
+    s = scale.to(reference.compute_dtype(scale.dtype))
+    return _event_sum_reference(0.5 + reference.LOG_SQRT_2PI + torch.log(s), event_dims, scale.dtype)
+
+
+@normal_entropy_sum.register_fake
+def _(scale, event_dims):
+    check_params(scale)
+    _check_event_dims(event_dims, scale.dim())
+    return scale.new_empty(scale.shape[: scale.dim() - event_dims])
+
+
+def _entropy_sum_backward(ctx, grad):
+    (scale,) = ctx.saved_tensors
+    cdt = reference.compute_dtype(scale.dtype)
+    grad_full = grad.reshape(tuple(grad.shape) + (1,) * ctx.event_dims).to(cdt)
+    return (grad_full / scale.to(cdt)).to(scale.dtype), None
+
+
+def _entropy_sum_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.event_dims = inputs[1]
+
+
+normal_entropy_sum.register_autograd(_entropy_sum_backward, setup_context=_entropy_sum_setup_context)
