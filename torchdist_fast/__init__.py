@@ -18,6 +18,7 @@ from .backend import (
 from .distribution import Normal, patch
 from . import kl  # noqa: F401,E402  (registers kl_divergence for torchdist_fast.Normal)
 from .independent import IndependentNormal
+from .tanh_normal import TanhNormal
 from .functional import randn
 
 __version__ = "0.1.0"
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Normal",
     "IndependentNormal",
+    "TanhNormal",
     "patch",
     "randn",
     "cpu_kernel",

@@ -431,3 +431,96 @@ def _entropy_sum_setup_context(ctx, inputs, output):
 
 
 normal_entropy_sum.register_autograd(_entropy_sum_backward, setup_context=_entropy_sum_setup_context)
+
+
+# ---------------------------------------------------------------------------- tanh-squashed Normal
+def _tanh_normal_meta(loc, scale, sample_shape, event_dims, low, high):
+    """(full shape, log_prob shape); checks with torch's error types."""
+    batch = reference.broadcast_shape(loc.shape, scale.shape)
+    check_params(loc, scale)
+    full = check_shape(sample_shape, "sample_shape") + tuple(batch)
+    _check_event_dims(event_dims, len(batch))
+    if not (low < high) or low != low or high != high or abs(low) == float("inf") or abs(high) == float("inf"):
+        raise ValueError(f"torchdist_fast: tanh-normal bounds must be finite with low < high, got low={low}, high={high}")
+    return full, full[: len(full) - event_dims]
+
+
+@torch.library.custom_op(
+    "torchdist_fast::tanh_normal_rsample", mutates_args=(),
+    schema="(Tensor loc, Tensor scale, SymInt[] sample_shape, int event_dims, float low, float high, "
+    "Tensor seed_offset, bool with_log_prob) -> (Tensor, Tensor)",
+)
+def tanh_normal_rsample(loc, scale, sample_shape, event_dims, low, high, seed_offset, with_log_prob):
+    """(a, log_prob(a)): a = mid + half * tanh(loc + scale * eps), log_prob summed over the
+    ``event_dims`` rightmost batch dims; log_prob is an empty tensor unless ``with_log_prob``."""
+    full, _ = _tanh_normal_meta(loc, scale, sample_shape, event_dims, low, high)
+    seed, offset = rng.unpack_seed_offset(seed_offset)
+    mid, half = (high + low) / 2, (high - low) / 2
+    from . import tanh_normal as tn
+
+    if uses_gpu_kernels(loc.device) and tn.fused_kernel_applies(full, event_dims):
+        from .triton_kernels.tanh_normal import tanh_normal_fwd
+
+        a, lp = tanh_normal_fwd(loc, scale, full, event_dims, mid, half, seed, offset, with_log_prob)
+    else:
+        eps = tn.noise(full, seed, offset, loc.dtype, loc.device)
+        a, lp = tn.reference_tanh_normal(eps, loc, scale, event_dims, mid, half, with_log_prob)
+    return a, lp if lp is not None else loc.new_empty(0)
+
+
+@tanh_normal_rsample.register_fake
+def _(loc, scale, sample_shape, event_dims, low, high, seed_offset, with_log_prob):
+    full, lp_shape = _tanh_normal_meta(loc, scale, sample_shape, event_dims, low, high)
+    return loc.new_empty(full), loc.new_empty(lp_shape if with_log_prob else (0,))
+
+
+@torch.library.custom_op(
+    "torchdist_fast::tanh_normal_rsample_backward", mutates_args=(),
+    schema="(Tensor? grad_a, Tensor? grad_log_prob, Tensor loc, Tensor scale, SymInt[] sample_shape, int event_dims, "
+    "float low, float high, Tensor seed_offset, bool[] output_mask) -> (Tensor, Tensor)",
+)
+def tanh_normal_rsample_backward(grad_a, grad_log_prob, loc, scale, sample_shape, event_dims, low, high, seed_offset,
+                                 output_mask):
+    """(grad_loc, grad_scale), regenerating the noise; an unneeded one is an empty tensor."""
+    full, _ = _tanh_normal_meta(loc, scale, sample_shape, event_dims, low, high)
+    seed, offset = rng.unpack_seed_offset(seed_offset)
+    half = (high - low) / 2
+    from . import tanh_normal as tn
+
+    if uses_gpu_kernels(loc.device) and tn.fused_kernel_applies(full, event_dims):
+        from .triton_kernels.tanh_normal import tanh_normal_bwd
+
+        grads = tanh_normal_bwd(grad_a, grad_log_prob, loc, scale, full, event_dims, half, seed, offset, output_mask)
+    else:
+        eps = tn.noise(full, seed, offset, loc.dtype, loc.device)
+        grads = tn.reference_tanh_normal_backward(eps, grad_a, grad_log_prob, loc, scale, event_dims, half, output_mask)
+    return tuple(g if g is not None else t.new_empty(0) for g, t in zip(grads, (loc, scale)))
+
+
+@tanh_normal_rsample_backward.register_fake
+def _(grad_a, grad_log_prob, loc, scale, sample_shape, event_dims, low, high, seed_offset, output_mask):
+    return tuple(t.new_empty(t.shape if need else (0,)) for t, need in zip((loc, scale), output_mask))
+
+
+def _tanh_normal_setup_context(ctx, inputs, output):
+    loc, scale, sample_shape, event_dims, low, high, seed_offset, with_log_prob = inputs
+    ctx.set_materialize_grads(False)
+    ctx.args = (list(sample_shape), event_dims, low, high)
+    ctx.with_log_prob = with_log_prob
+    ctx.save_for_backward(loc, scale, seed_offset)  # inputs and the 16-byte stream position
+
+
+def _tanh_normal_backward(ctx, grad_a, grad_log_prob):
+    loc, scale, seed_offset = ctx.saved_tensors
+    if not ctx.with_log_prob:
+        grad_log_prob = None
+    mask = list(ctx.needs_input_grad[:2])
+    if (grad_a is None and grad_log_prob is None) or not any(mask):
+        return (None,) * 8
+    sample_shape, event_dims, low, high = ctx.args
+    grads = torch.ops.torchdist_fast.tanh_normal_rsample_backward(
+        grad_a, grad_log_prob, loc, scale, sample_shape, event_dims, low, high, seed_offset, mask)
+    return tuple(g if need else None for g, need in zip(grads, mask)) + (None,) * 6
+
+
+tanh_normal_rsample.register_autograd(_tanh_normal_backward, setup_context=_tanh_normal_setup_context)
