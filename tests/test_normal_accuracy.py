@@ -60,18 +60,14 @@ def emulated_fast(w_r, w_t, s_lg2, s_sqrt, s_cos, s_sin, small_t=reference.BOX_M
         return _f32(_f32(w.to(torch.float64)) * _f32(torch.tensor(scale, dtype=torch.float64)) + add)
 
     u = fma_word(w_r, 2.0**-32, 2.0**-33)
-    t = fma_word(MASK32 - w_r, 2.0**-32, 2.0**-33)
+    t2 = fma_word(torch.where(w_r >= 2**31, w_r - 2**32, w_r), -(2.0**-31), -(2.0**-32))   # 2 (1 - u) where used
     lg_exact = torch.log2(u)
     in_range = (u >= 0.5) & (u <= 2.0)
     lg_err = torch.where(in_range, torch.full_like(u, reference.HW_LG2_ABS), reference.HW_LG2_REL * lg_exact.abs())
     lg = _f32(lg_exact + s_lg2 * lg_err)
     big = _f32(lg * _f32(torch.tensor(-2.0 * math.log(2.0), dtype=torch.float64)))
-    c = [_f32(torch.tensor(v, dtype=torch.float64)) for v in (0.6666666666666666, 0.5)]
-    p = _f32(t * c[1] + c[0])
-    p = _f32(t * p + 1.0)
-    p = _f32(t * p + 2.0)
-    small = _f32(t * p)
-    r2 = torch.where(t < small_t, small, big)
+    small = _f32(t2 * _f32(t2 * 0.25) + t2)       # 2t + t^2: FMUL, FFMA
+    r2 = torch.where(u >= 1.0 - small_t, small, big)
     r = _f32(torch.sqrt(r2) * (1.0 + s_sqrt * reference.HW_SQRT_REL))
     signed = torch.where(w_t >= 2**31, w_t - 2**32, w_t)
     theta = fma_word(signed, 2.0 * math.pi * 2.0**-32, _f32(torch.tensor(math.pi * 2.0**-32, dtype=torch.float64)))

@@ -56,7 +56,7 @@ LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 # The GPU kernels' float32 Box-Muller (triton_kernels/philox.py ``_box_muller32``): below this
 # t = 1 - u the radius comes from the series of -2 ln(1 - t), not from log2(u), whose
 # approximation has an absolute (not relative) error near u = 1.
-BOX_MULLER_SMALL_T = 2.0**-7
+BOX_MULLER_SMALL_T = 2.0**-10
 # Documented worst-case errors of the approximations (PTX ISA / CUDA C++ Programming Guide,
 # intrinsic functions): sin.approx/cos.approx.f32 on [-pi, pi]: absolute 2^-20.5 (PTX; the
 # CUDA guide gives 2^-21.41 / 2^-21.19 for __sinf/__cosf); lg2.approx.f32: absolute 2^-22 for

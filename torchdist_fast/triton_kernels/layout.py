@@ -139,3 +139,77 @@ def _broadcast_offset(idx, s1, s2, s3, t0, t1, t2, t3):
     i1 = rest % s1
     i0 = rest // s1
     return i0 * t0 + i1 * t1 + i2 * t2 + i3 * t3
+
+
+# Operand kinds of the 2-D (row x column) kernels: how an operand varies over an output tile.
+SCALAR, ROW, COL, FULL = 0, 1, 2, 3
+
+
+def tile_layout(out_shape, *tensors, elements: int, need_d4: bool):
+    """The 2-D view of a broadcast, or None when the 1-D kernels should run.
+
+    When the coalesced output has exactly two dimensions (R rows of D elements) the kernels
+    run on tiles of BR rows x BC columns: a row pattern (operand varies along columns only,
+    stride (0, t1)), a column pattern (along rows only), a scalar or a full operand is then
+    addressed from the tile coordinates, with no division per element, and loaded once per
+    distinct element in the tile. Random kernels need D % 4 == 0 (a Philox counter's four
+    outputs then never straddle two rows).
+
+    Returns (R, D, [(kind, t0, t1) per tensor], BR, BC); the grid is ``tile_grid``.
+    """
+    layout = broadcast_layout(out_shape, *tensors)
+    if layout is None:
+        return None
+    sizes, strides = layout
+    if sizes[2] != 1 or sizes[3] != 1 or sizes[0] == 1 or sizes[1] == 1:
+        return None
+    R, D = sizes[0], sizes[1]
+    if need_d4 and D % 4:
+        return None
+    ops = []
+    for t, st in zip(tensors, strides):
+        t0, t1 = st[0], st[1]
+        if t.numel() == 1 or (t0 == 0 and t1 == 0):
+            kind = SCALAR
+        elif t0 == 0:
+            kind = ROW
+        elif t1 == 0:
+            kind = COL
+        else:
+            kind = FULL
+        ops.append((kind, t0, t1))
+    bc = min(256, max(16, triton.next_power_of_2(D)))
+    if triton.cdiv(D, bc) > 65535:  # the grid's second dimension
+        return None
+    return R, D, ops, max(1, elements // bc), bc
+
+
+def tile_grid(R, D, br, bc):
+    return (triton.cdiv(R, br), triton.cdiv(D, bc))
+
+
+@triton.jit
+def _tile_operand(ptr, rows, cols, R, D, t0, t1, KIND: tl.constexpr, other):
+    """An operand over the tile rows x cols: scalar, [1, BC], [BR, 1] or [BR, BC]."""
+    if KIND == 0:
+        x = tl.load(ptr)
+    elif KIND == 1:
+        x = tl.load(ptr + cols * t1, mask=cols < D, other=other)[None, :]
+    elif KIND == 2:
+        x = tl.load(ptr + rows * t0, mask=rows < R, other=other)[:, None]
+    else:
+        x = tl.load(ptr + rows[:, None] * t0 + cols[None, :] * t1, mask=(rows < R)[:, None] & (cols < D)[None, :],
+                    other=other)
+    return x
+
+
+@triton.jit
+def _tile_coords(R, D, BR: tl.constexpr, BC: tl.constexpr):
+    """Rows, columns, flat output indices and mask of this program's tile: grid (row tiles, column tiles)."""
+    pr = tl.program_id(0)
+    pc = tl.program_id(1)
+    rows = pr.to(tl.int64) * BR + tl.arange(0, BR)
+    cols = pc * BC + tl.arange(0, BC)
+    idx = rows[:, None] * D + cols[None, :]
+    mask = (rows < R)[:, None] & (cols < D)[None, :]
+    return rows, cols, idx, mask, pc

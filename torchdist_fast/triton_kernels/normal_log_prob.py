@@ -11,7 +11,7 @@ import triton.language as tl
 
 from .. import reference
 from ..reference import compute_dtype, reduce_to
-from .layout import _broadcast_offset, block_counters, broadcast_args, launch_splits
+from .layout import _broadcast_offset, _tile_coords, _tile_operand, block_counters, broadcast_args, launch_splits, tile_grid, tile_layout
 from .normal_rsample import _operand
 
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
@@ -72,6 +72,51 @@ def _normal_log_prob_bwd_kernel(
         tl.store(grad_scale_ptr + idx, g_scale.to(grad_scale_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _normal_log_prob_fwd_2d_kernel(
+    out_ptr, value_ptr, loc_ptr, scale_ptr, R, D, v_t0, v_t1, loc_t0, loc_t1, scale_t0, scale_t1,
+    BR: tl.constexpr, BC: tl.constexpr, V_KIND: tl.constexpr, LOC_KIND: tl.constexpr, SCALE_KIND: tl.constexpr,
+):
+    # the output as R rows of D elements, one BR x BC tile per program (layout.tile_layout)
+    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC)
+    CDT: tl.constexpr = tl.float64 if out_ptr.dtype.element_ty == tl.float64 else tl.float32
+    v = _tile_operand(value_ptr, rows, cols, R, D, v_t0, v_t1, V_KIND, 0.0).to(CDT)
+    loc = _tile_operand(loc_ptr, rows, cols, R, D, loc_t0, loc_t1, LOC_KIND, 0.0).to(CDT)
+    scale = _tile_operand(scale_ptr, rows, cols, R, D, scale_t0, scale_t1, SCALE_KIND, 1.0).to(CDT)
+    # 1/scale and log(scale) once per distinct scale element of the tile
+    inv_scale = 1.0 / scale
+    y = (v - loc) * inv_scale
+    log_prob = -0.5 * y * y - (tl.log(scale) + LOG_SQRT_2PI)
+    tl.store(out_ptr + idx, log_prob.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _normal_log_prob_bwd_2d_kernel(
+    grad_value_ptr, grad_loc_ptr, grad_scale_ptr, grad_ptr, value_ptr, loc_ptr, scale_ptr, R, D,
+    g_t0, g_t1, v_t0, v_t1, loc_t0, loc_t1, scale_t0, scale_t1,
+    BR: tl.constexpr, BC: tl.constexpr, NEED_VALUE: tl.constexpr, NEED_LOC: tl.constexpr, NEED_SCALE: tl.constexpr,
+    G_KIND: tl.constexpr, V_KIND: tl.constexpr, LOC_KIND: tl.constexpr, SCALE_KIND: tl.constexpr,
+):
+    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC)
+    CDT: tl.constexpr = tl.float64 if value_ptr.dtype.element_ty == tl.float64 else tl.float32
+    g = _tile_operand(grad_ptr, rows, cols, R, D, g_t0, g_t1, G_KIND, 0.0).to(CDT)
+    v = _tile_operand(value_ptr, rows, cols, R, D, v_t0, v_t1, V_KIND, 0.0).to(CDT)
+    loc = _tile_operand(loc_ptr, rows, cols, R, D, loc_t0, loc_t1, LOC_KIND, 0.0).to(CDT)
+    scale = _tile_operand(scale_ptr, rows, cols, R, D, scale_t0, scale_t1, SCALE_KIND, 1.0).to(CDT)
+    inv_scale = 1.0 / scale
+    y = (v - loc) * inv_scale
+    g_loc = g * y * inv_scale
+    # every output is an element buffer of the full tile (broadcast operands are reduced afterwards)
+    zero = tl.zeros((BR, BC), dtype=CDT)
+    if NEED_VALUE:
+        tl.store(grad_value_ptr + idx, (zero - g_loc).to(grad_value_ptr.dtype.element_ty), mask=mask)
+    if NEED_LOC:
+        tl.store(grad_loc_ptr + idx, (zero + g_loc).to(grad_loc_ptr.dtype.element_ty), mask=mask)
+    if NEED_SCALE:
+        g_scale = zero + g * (y * y - 1.0) * inv_scale
+        tl.store(grad_scale_ptr + idx, g_scale.to(grad_scale_ptr.dtype.element_ty), mask=mask)
+
+
 def _elements_block(dtype) -> int:
     return 4 * block_counters(dtype)
 
@@ -81,9 +126,15 @@ def normal_log_prob_fwd(value, loc, scale):
     out = torch.empty(out_shape, dtype=value.dtype, device=value.device)
     numel = out.numel()
     if numel:
+        block = _elements_block(value.dtype)
+        tile = tile_layout(out_shape, value, loc, scale, elements=block, need_d4=False)
+        if tile is not None:
+            R, D, ((vk, v0, v1), (lk, l0, l1), (sk, s0, s1)), br, bc = tile
+            _normal_log_prob_fwd_2d_kernel[tile_grid(R, D, br, bc)](
+                out, value, loc, scale, R, D, v0, v1, l0, l1, s0, s1, BR=br, BC=bc, V_KIND=vk, LOC_KIND=lk, SCALE_KIND=sk)
+            return out
         loc_scalar, scale_scalar = loc.numel() == 1, scale.numel() == 1
         (value, loc, scale), layout = broadcast_args(out_shape, value, loc, scale)
-        block = _elements_block(value.dtype)
         for programs, numel_arg, pid_base in launch_splits(numel, block):
             _normal_log_prob_fwd_kernel[(programs,)](out, value, loc, scale, numel_arg, pid_base, *layout, BLOCK=block,
                                                      LOC_SCALAR=loc_scalar, SCALE_SCALAR=scale_scalar)
@@ -105,8 +156,18 @@ def normal_log_prob_bwd(grad, value, loc, scale, output_mask):
     numel = grad.numel()
     if numel and any(output_mask):
         dummy = next(b for b in bufs if b is not None)
-        (g, v, m, s), layout = broadcast_args(out_shape, grad, value, loc, scale)
         block = _elements_block(value.dtype)
+        tile = tile_layout(out_shape, grad, value, loc, scale, elements=block, need_d4=False)
+        if tile is not None:
+            R, D, ((gk, g0, g1), (vk, v0, v1), (lk, l0, l1), (sk, s0, s1)), br, bc = tile
+            _normal_log_prob_bwd_2d_kernel[tile_grid(R, D, br, bc)](
+                *(b if b is not None else dummy for b in bufs), grad, value, loc, scale, R, D,
+                g0, g1, v0, v1, l0, l1, s0, s1, BR=br, BC=bc,
+                NEED_VALUE=output_mask[0], NEED_LOC=output_mask[1], NEED_SCALE=output_mask[2],
+                G_KIND=gk, V_KIND=vk, LOC_KIND=lk, SCALE_KIND=sk,
+            )
+            return tuple(None if b is None else reduce_to(b, t.shape).to(t.dtype) for b, t in zip(bufs, inputs))
+        (g, v, m, s), layout = broadcast_args(out_shape, grad, value, loc, scale)
         for programs, numel_arg, pid_base in launch_splits(numel, block):
             _normal_log_prob_bwd_kernel[(programs,)](
                 *(b if b is not None else dummy for b in bufs), g, v, m, s, numel_arg, pid_base, *layout,

@@ -12,8 +12,9 @@ import triton.language as tl
 
 from .. import reference
 from ..reference import compute_dtype, reduce_to
-from .layout import _broadcast_offset, block_counters, broadcast_args, fast_math, launch_splits, split_to_i32
-from .philox import _stream_block
+from .layout import (_broadcast_offset, _tile_coords, _tile_operand, block_counters, broadcast_args, fast_math, launch_splits,
+                     split_to_i32, tile_grid, tile_layout)
+from .philox import _stream_block, _stream_tile
 
 _SEED_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi"]
 
@@ -79,15 +80,67 @@ def _normal_rsample_bwd_kernel(
     tl.store(grad_scale_ptr + idx, grad_scale.to(grad_scale_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit(do_not_specialize=_SEED_ARGS)
+def _normal_rsample_fwd_2d_kernel(
+    z_ptr, log_prob_ptr, loc_ptr, scale_ptr, R, D, loc_t0, loc_t1, scale_t0, scale_t1,
+    seed_lo, seed_hi, offset_lo, offset_hi,
+    BR: tl.constexpr, BC: tl.constexpr, WITH_LOG_PROB: tl.constexpr, LOC_KIND: tl.constexpr,
+    SCALE_KIND: tl.constexpr, FAST_MATH: tl.constexpr,
+):
+    # the output as R rows of D elements, one BR x BC tile per program (layout.tile_layout)
+    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC)
+    IS_FP64: tl.constexpr = z_ptr.dtype.element_ty == tl.float64
+    PAIRS: tl.constexpr = z_ptr.dtype.element_ty.primitive_bitwidth == 16
+    eps = _stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC, IS_FP64, FAST_MATH, PAIRS)
+    loc = _tile_operand(loc_ptr, rows, cols, R, D, loc_t0, loc_t1, LOC_KIND, 0.0).to(eps.dtype)
+    scale = _tile_operand(scale_ptr, rows, cols, R, D, scale_t0, scale_t1, SCALE_KIND, 1.0).to(eps.dtype)
+    z = loc + scale * eps
+    tl.store(z_ptr + idx, z.to(z_ptr.dtype.element_ty), mask=mask)
+    if WITH_LOG_PROB:
+        # log(scale) once per distinct scale element of the tile (a row, a column or one value)
+        log_prob = -0.5 * eps * eps - (tl.log(scale) + LOG_SQRT_2PI)
+        tl.store(log_prob_ptr + idx, log_prob.to(log_prob_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=_SEED_ARGS)
+def _normal_rsample_bwd_2d_kernel(
+    grad_scale_ptr, grad_z_ptr, grad_log_prob_ptr, scale_ptr, R, D,
+    gz_t0, gz_t1, glp_t0, glp_t1, scale_t0, scale_t1, seed_lo, seed_hi, offset_lo, offset_hi,
+    BR: tl.constexpr, BC: tl.constexpr, HAS_GRAD_Z: tl.constexpr, HAS_GRAD_LOG_PROB: tl.constexpr,
+    GZ_KIND: tl.constexpr, GLP_KIND: tl.constexpr, SCALE_KIND: tl.constexpr, FAST_MATH: tl.constexpr,
+):
+    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC)
+    IS_FP64: tl.constexpr = scale_ptr.dtype.element_ty == tl.float64
+    PAIRS: tl.constexpr = scale_ptr.dtype.element_ty.primitive_bitwidth == 16
+    eps = _stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC, IS_FP64, FAST_MATH, PAIRS)
+    grad_scale = tl.zeros_like(eps)
+    if HAS_GRAD_Z:
+        gz = _tile_operand(grad_z_ptr, rows, cols, R, D, gz_t0, gz_t1, GZ_KIND, 0.0)
+        grad_scale += gz.to(eps.dtype) * eps
+    if HAS_GRAD_LOG_PROB:
+        glp = _tile_operand(grad_log_prob_ptr, rows, cols, R, D, glp_t0, glp_t1, GLP_KIND, 0.0)
+        scale = _tile_operand(scale_ptr, rows, cols, R, D, scale_t0, scale_t1, SCALE_KIND, 1.0)
+        grad_scale -= glp.to(eps.dtype) * (1.0 / scale.to(eps.dtype))
+    tl.store(grad_scale_ptr + idx, grad_scale.to(grad_scale_ptr.dtype.element_ty), mask=mask)
+
+
 def normal_rsample_fwd(loc, scale, sample_shape, seed: int, offset: int, with_log_prob: bool):
     out_shape = tuple(sample_shape) + reference.broadcast_shape(loc.shape, scale.shape)
     z = torch.empty(out_shape, dtype=loc.dtype, device=loc.device)
     log_prob = torch.empty_like(z) if with_log_prob else z
     numel = z.numel()
     if numel:
+        block = block_counters(loc.dtype)
+        tile = tile_layout(out_shape, loc, scale, elements=4 * block, need_d4=True)
+        if tile is not None:
+            R, D, ((lk, lt0, lt1), (sk, st0, st1)), br, bc = tile
+            _normal_rsample_fwd_2d_kernel[tile_grid(R, D, br, bc)](
+                z, log_prob, loc, scale, R, D, lt0, lt1, st0, st1, *split_to_i32(seed), *split_to_i32(offset),
+                BR=br, BC=bc, WITH_LOG_PROB=with_log_prob, LOC_KIND=lk, SCALE_KIND=sk, FAST_MATH=fast_math(z),
+            )
+            return (z, log_prob) if with_log_prob else z
         loc_scalar, scale_scalar = loc.numel() == 1, scale.numel() == 1
         (loc, scale), layout = broadcast_args(out_shape, loc, scale)
-        block = block_counters(loc.dtype)
         for programs, numel_arg, pid_base in launch_splits(numel, 4 * block):
             _normal_rsample_fwd_kernel[(programs,)](
                 z, log_prob, loc, scale, numel_arg, pid_base, *layout, *split_to_i32(seed), *split_to_i32(offset),
@@ -108,8 +161,18 @@ def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int):
     if numel:
         gz = grad_z if grad_z is not None else scale
         glp = grad_log_prob if grad_log_prob is not None else scale
-        (gz, glp, scale_b), layout = broadcast_args(out_shape, gz, glp, scale)
         block = block_counters(scale.dtype)
+        tile = tile_layout(out_shape, gz, glp, scale, elements=4 * block, need_d4=True)
+        if tile is not None:
+            R, D, ((gk, g0, g1), (pk, p0, p1), (sk, st0, st1)), br, bc = tile
+            _normal_rsample_bwd_2d_kernel[tile_grid(R, D, br, bc)](
+                grad_scale, gz, glp, scale, R, D, g0, g1, p0, p1, st0, st1,
+                *split_to_i32(seed), *split_to_i32(offset), BR=br, BC=bc,
+                HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_PROB=grad_log_prob is not None,
+                GZ_KIND=gk, GLP_KIND=pk, SCALE_KIND=sk, FAST_MATH=fast_math(grad_scale),
+            )
+            return reduce_to(grad_scale, scale.shape).to(scale.dtype)
+        (gz, glp, scale_b), layout = broadcast_args(out_shape, gz, glp, scale)
         for programs, numel_arg, pid_base in launch_splits(numel, 4 * block):
             _normal_rsample_bwd_kernel[(programs,)](
                 grad_scale, gz, glp, scale_b, numel_arg, pid_base, *layout, *split_to_i32(seed), *split_to_i32(offset),

@@ -13,12 +13,14 @@ from .layout import block_counters, fast_math, launch_splits, split_to_i32
 STREAM_TAG = tl.constexpr(reference.STREAM_TAG)
 INV_2_32 = tl.constexpr(2.0**-32)
 INV_2_33 = tl.constexpr(2.0**-33)
+NEG_INV_2_31 = tl.constexpr(-(2.0**-31))
+NEG_INV_2_32 = tl.constexpr(-(2.0**-32))
+ONE_MINUS_SMALL_T = tl.constexpr(1.0 - reference.BOX_MULLER_SMALL_T)
 INV_2_53 = tl.constexpr(2.0**-53)
 TWO_PI = tl.constexpr(6.283185307179586)
 TWO_PI_INV_2_32 = tl.constexpr(6.283185307179586 * 2.0**-32)
 PI_INV_2_32 = tl.constexpr(3.141592653589793 * 2.0**-32)
 NEG_2_LN2 = tl.constexpr(-2.0 * 0.6931471805599453)
-SMALL_T = tl.constexpr(reference.BOX_MULLER_SMALL_T)
 
 
 @triton.jit
@@ -56,21 +58,24 @@ def _cos_approx(x):
 def _box_muller32(w_r, w_t, FAST_MATH: tl.constexpr):
     """Two float32 normals from two uint32 words (the algorithm of ``reference.box_muller32``).
 
-    r^2 = -2 ln u with u = (w_r + 0.5) 2^-32; near u = 1 (t = 1 - u = (~w_r + 0.5) 2^-32 < 2^-7,
-    exact) from the series of -2 ln(1 - t), elsewhere -2 ln 2 * log2(u). The angle is taken from
+    r^2 = -2 ln u with u = (w_r + 0.5) 2^-32; near u = 1 (t = 1 - u = (~w_r + 0.5) 2^-32 < 2^-10,
+    exact) from 2t + t^2 (the series of -2 ln(1 - t), next term (2/3) t^3: relative error
+    < t^2 / 3 < 4e-7), elsewhere -2 ln 2 * log2(u). The angle is taken from
     the word read as signed: theta = 2 pi (int32(w_t) + 0.5) 2^-32 in [-pi, pi), the same angle
     modulo 2 pi as 2 pi u(w_t), and the range on which the hardware sin/cos are accurate.
     FAST_MATH (CUDA): lg2/sin/cos.approx.ftz (MUFU), under the contract in reference.py;
     otherwise (the interpreter, which cannot run inline PTX) precise log2/sin/cos.
     """
     u = w_r.to(tl.float32) * INV_2_32 + INV_2_33
-    t = (w_r ^ 0xFFFFFFFF).to(tl.float32) * INV_2_32 + INV_2_33
+    # 2t = 2 (1 - u) = -(int32(w_r) + 0.5) 2^-31, exact where it is used (u >= 1 - SMALL_T, so
+    # w_r >= 2^31 and int32(w_r) = w_r - 2^32 is small); -2 ln(1 - t) = 2t + t^2 + (2/3) t^3 + ...
+    t2 = w_r.to(tl.int32, bitcast=True).to(tl.float32) * NEG_INV_2_31 + NEG_INV_2_32
     if FAST_MATH:
         lg = _lg2_approx(u)
     else:
         lg = tl.log2(u)
-    small = t * (2.0 + t * (1.0 + t * (0.6666666666666666 + t * 0.5)))
-    r = tl.sqrt(tl.where(t < SMALL_T, small, lg * NEG_2_LN2))
+    small = t2 * (t2 * 0.25) + t2
+    r = tl.sqrt(tl.where(u >= ONE_MINUS_SMALL_T, small, lg * NEG_2_LN2))
     theta = w_t.to(tl.int32, bitcast=True).to(tl.float32) * TWO_PI_INV_2_32 + PI_INV_2_32
     if FAST_MATH:
         c = _cos_approx(theta)
@@ -95,12 +100,17 @@ def _box_muller64(u_r, u_theta):
 
 
 @triton.jit
-def _stream_normals(counter_idx, seed_lo, seed_hi, offset_lo, offset_hi, IS_FP64: tl.constexpr, FAST_MATH: tl.constexpr):
-    """Four normals (lanes 0..3) for each counter ``offset + counter_idx`` (64-bit, wrapping)."""
+def _offset64(offset_lo, offset_hi):
+    return (offset_hi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32) | offset_lo.to(tl.uint32, bitcast=True).to(tl.uint64)
+
+
+@triton.jit
+def _stream_normals(base, j, seed_lo, seed_hi, IS_FP64: tl.constexpr, FAST_MATH: tl.constexpr):
+    """Four normals (lanes 0..3) for each counter ``base + j`` (``base``: uint64 stream offset plus
+    the first counter, per program or per row; ``j``: small int32 offsets; 64-bit, wrapping)."""
     k0 = seed_lo.to(tl.uint32, bitcast=True)
     k1 = seed_hi.to(tl.uint32, bitcast=True)
-    offset = (offset_hi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32) | offset_lo.to(tl.uint32, bitcast=True).to(tl.uint64)
-    c = offset + counter_idx.to(tl.uint64)
+    c = base + j.to(tl.uint64)
     c0 = c.to(tl.uint32)
     c1 = (c >> 32).to(tl.uint32)
     tag = tl.full(c0.shape, STREAM_TAG, tl.uint32)
@@ -125,22 +135,42 @@ def _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constex
     8 consecutive outputs (16 bytes: a vector store with no shared-memory layout change).
     Otherwise one counter per position: 4 consecutive outputs (16 bytes of float32).
     """
+    base = _offset64(offset_lo, offset_hi) + (pid * BLOCK).to(tl.uint64)
     if PAIRS:
-        even = pid * BLOCK + 2 * tl.arange(0, BLOCK // 2)
-        a0, a1, a2, a3 = _stream_normals(even, seed_lo, seed_hi, offset_lo, offset_hi, IS_FP64, FAST_MATH)
-        b0, b1, b2, b3 = _stream_normals(even + 1, seed_lo, seed_hi, offset_lo, offset_hi, IS_FP64, FAST_MATH)
+        even = 2 * tl.arange(0, BLOCK // 2)
+        a0, a1, a2, a3 = _stream_normals(base, even, seed_lo, seed_hi, IS_FP64, FAST_MATH)
+        b0, b1, b2, b3 = _stream_normals(base, even + 1, seed_lo, seed_hi, IS_FP64, FAST_MATH)
         # element 8p + 4h + lane (h: 0 even counter, 1 odd): nested interleaves, lowest index bit outermost
         eps = tl.interleave(
             tl.interleave(tl.interleave(a0, b0), tl.interleave(a2, b2)),
             tl.interleave(tl.interleave(a1, b1), tl.interleave(a3, b3)),
         )
     else:
-        counter_idx = pid * BLOCK + tl.arange(0, BLOCK)
-        z0, z1, z2, z3 = _stream_normals(counter_idx, seed_lo, seed_hi, offset_lo, offset_hi, IS_FP64, FAST_MATH)
+        z0, z1, z2, z3 = _stream_normals(base, tl.arange(0, BLOCK), seed_lo, seed_hi, IS_FP64, FAST_MATH)
         # element 4c + lane: interleaving keeps the store contiguous
         eps = tl.interleave(tl.interleave(z0, z2), tl.interleave(z1, z3))
     idx = pid * (4 * BLOCK) + tl.arange(0, 4 * BLOCK)
     return eps, idx
+
+
+@triton.jit
+def _stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC: tl.constexpr, IS_FP64: tl.constexpr,
+                 FAST_MATH: tl.constexpr, PAIRS: tl.constexpr):
+    """Normals of the tile rows x [pc*BC, pc*BC + BC) of an output of rows of D elements (D % 4 == 0),
+    in stream order (element row*D + col is lane col % 4 of counter (row*D + col) // 4)."""
+    base = _offset64(offset_lo, offset_hi) + (rows[:, None] * (D // 4) + pc * (BC // 4)).to(tl.uint64)
+    if PAIRS:
+        even = 2 * tl.arange(0, BC // 8)[None, :]
+        a0, a1, a2, a3 = _stream_normals(base, even, seed_lo, seed_hi, IS_FP64, FAST_MATH)
+        b0, b1, b2, b3 = _stream_normals(base, even + 1, seed_lo, seed_hi, IS_FP64, FAST_MATH)
+        eps = tl.interleave(
+            tl.interleave(tl.interleave(a0, b0), tl.interleave(a2, b2)),
+            tl.interleave(tl.interleave(a1, b1), tl.interleave(a3, b3)),
+        )
+    else:
+        z0, z1, z2, z3 = _stream_normals(base, tl.arange(0, BC // 4)[None, :], seed_lo, seed_hi, IS_FP64, FAST_MATH)
+        eps = tl.interleave(tl.interleave(z0, z2), tl.interleave(z1, z3))
+    return eps
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi"])
