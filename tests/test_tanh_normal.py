@@ -187,6 +187,12 @@ def test_philox_path(mode):
         s, lp_s = d.sample_and_log_prob(ss)
         assert torch.equal(s, a.detach()) and not s.requires_grad and lp_s.requires_grad
         assert_close(d.log_prob(a.detach()), lp.detach(), 2e-4, 1e-4)  # atanh of the action: rounding
+        # rsample then log_prob of the same tensor: the kernel's log_prob, with its gradients
+        torch.manual_seed(7)
+        a2 = d.rsample(ss)
+        lp2 = d.log_prob(a2)
+        assert torch.equal(a2, a) and torch.equal(lp2, lp) and lp2.grad_fn is not None
+        assert d.deterministic_sample.shape == (5, 6)
         assert ((a > low) & (a < high)).all()
         assert a.shape == tuple(ss) + (5, 6) and lp.shape == tuple(ss) + (5,)
         assert d.mode.shape == (5, 6) and type(d.expand((3, 5))) is TanhNormal
@@ -229,3 +235,34 @@ def test_cuda_matches_cpu_philox_within_the_contract():
     err = reference.FAST_ABS_ERR * scale.max().item()
     assert_close(a_gpu.cpu(), a_cpu, err * (high - low), 1e-5)
     assert_close(lp_gpu.cpu(), lp_cpu, 6 * (err * 30 + 1e-5), 1e-4)
+
+
+def cleanrl_get_action(mean, std, action_scale, action_bias):
+    """CleanRL's SAC actor (sac_continuous_action.py), as written there, with torch's Normal."""
+    normal = torch.distributions.Normal(mean, std)
+    x_t = normal.rsample()
+    y_t = torch.tanh(x_t)
+    action = y_t * action_scale + action_bias
+    log_prob = normal.log_prob(x_t)
+    log_prob -= torch.log(action_scale * (1 - y_t.pow(2)) + 1e-6)
+    return action, log_prob.sum(1, keepdim=True)
+
+
+def test_cleanrl_actor_one_line_change():
+    """The README's replacement line gives CleanRL's action and log_prob on the same noise (up to
+    CleanRL's 1e-6 inside the log, which matters only near the bounds)."""
+    mean = torch.randn(64, 6, dtype=torch.float64, requires_grad=True)
+    std = (0.3 * torch.rand(64, 6, dtype=torch.float64) + 0.2).requires_grad_()
+    with torchdist_fast.cpu_sampling("philox"):
+        torch.manual_seed(0)
+        action, log_prob = cleanrl_get_action(mean, std, 2.0, 0.0)  # CleanRL's code, torch's Normal
+        torch.manual_seed(0)
+        ours, ours_lp = TanhNormal(mean, std, low=-2.0, high=2.0).rsample_and_log_prob()
+    torch.manual_seed(0)
+    ref_noise_action, _ = cleanrl_get_action(mean, std, 2.0, 0.0)
+    assert not torch.equal(ref_noise_action, ours)  # torch draws another stream: compare on ours
+    u = torch.atanh((ours / 2.0).detach())
+    normal = TorchNormal(mean, std)
+    cleanrl_lp = (normal.log_prob(u) - torch.log(2.0 * (1 - torch.tanh(u).pow(2)) + 1e-6)).sum(1, keepdim=True)
+    assert_close(ours_lp.unsqueeze(-1).detach(), cleanrl_lp.detach(), 1e-3, 1e-4)
+    assert action.shape == ours.shape and log_prob.shape == ours_lp.unsqueeze(-1).shape

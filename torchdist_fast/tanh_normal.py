@@ -133,6 +133,7 @@ class TanhNormal(TransformedDistribution):
             )
         self.low, self.high, self.event_dims = low, high, event_dims
         self._normal = normal
+        self._fused_cache = None  # (a, log_prob) of the last rsample on the Philox path
         base = Independent(normal, event_dims) if event_dims else normal
         transforms = [TanhTransform(cache_size=1)]
         if (low, high) != (-1.0, 1.0):
@@ -154,6 +155,11 @@ class TanhNormal(TransformedDistribution):
     @property
     def mode(self):
         return (self.high + self.low) / 2 + (self.high - self.low) / 2 * torch.tanh(self.loc)
+
+    @property
+    def deterministic_sample(self):
+        """``mode`` under the name torchrl's actors read for deterministic exploration."""
+        return self.mode
 
     def expand(self, batch_shape, _instance=None):
         shape = torch.Size(batch_shape) + self.event_shape
@@ -190,13 +196,22 @@ class TanhNormal(TransformedDistribution):
 
     # ------------------------------------------------------------------ sampling and densities
     def rsample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """On the Philox path the fused kernel also writes log_prob (1/D of the action's size) and
+        keeps it, as torch's transform cache keeps u: a following ``log_prob(a)`` of this very
+        tensor returns it (gradients as ``log_prob(rsample())``), so ``rsample`` then ``log_prob``
+        (torchrl's actors and losses) costs one kernel and loses nothing near the bounds."""
         if self._fused_params() is None:
             return self._torch_rsample(sample_shape, generator)
-        return self._fused(sample_shape, generator, with_log_prob=False)[0]
+        a, lp = self._fused(sample_shape, generator, with_log_prob=True)
+        self._fused_cache = (a, lp)
+        return a
 
     def sample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self._fused_params() is None:
+            with torch.no_grad():
+                return self._torch_rsample(sample_shape, generator)
         with torch.no_grad():
-            return self.rsample(sample_shape, generator=generator)
+            return self._fused(sample_shape, generator, with_log_prob=False)[0]
 
     def rsample_and_log_prob(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None):
         """``(a, log_prob(a))`` with ``a = rsample(sample_shape)``; on the Philox path one kernel."""
@@ -211,6 +226,9 @@ class TanhNormal(TransformedDistribution):
         return a, self.log_prob(a)
 
     def log_prob(self, value):
+        cache = self._fused_cache
+        if cache is not None and value is cache[0]:
+            return cache[1]
         loc = self.loc
         if not (isinstance(value, torch.Tensor) and value.device == loc.device and _stable_log_prob_on(loc.device)
                 and value.dtype in ops.FLOAT_DTYPES):
