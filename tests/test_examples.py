@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from torchdist_fast import rng
-from torchdist_fast.examples import distributed, reinforce, vae
+from torchdist_fast.examples import distributed, reinforce, sac, vae
 from torchdist_fast.streams import GOLDEN_GAMMA, mix64, rank_generator, rank_seed
 
 CPU = torch.device("cpu")
@@ -189,6 +189,44 @@ def test_reinforce_cli_runs_one_impl(tmp_path):
     assert len(json.loads((tmp_path / "reinforce.json").read_text())["runs"][0]["returns"]) == 3
 
 
+# ---------------------------------------------------------------------------------- SAC
+TINY_SAC = dict(envs=32, horizon=20, steps=200, batch_size=128, hidden=32, eval_envs=128)
+
+
+@pytest.fixture(scope="module")
+def sac_runs():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: one thread is many times faster on a busy 2-core machine
+    try:
+        return {key: [sac.train(sac.SACConfig(seed=seed, **TINY_SAC), key[0], CPU, cpu_sampling=key[1], progress=False,
+                                verbose=False) for seed in range(3)] for key in RUNS}
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("key", RUNS, ids=lambda k: f"{k[0]}-{k[1] or 'default'}")
+def test_sac_learns(sac_runs, key):
+    for run in sac_runs[key]:
+        assert run["eval_after"] > run["eval_before"] + 3  # about -21 -> -15 in 200 updates
+        assert run["updates_per_s"] > 0 and run["actor_saved_bytes"] > 0
+
+
+def test_sac_impls_identical_by_default_and_tanh_normal_saves_less(sac_runs):
+    for a, b in zip(sac_runs[("torch", None)], sac_runs[("torchdist_fast", None)]):
+        assert a["returns"] == b["returns"] and a["eval_after"] == b["eval_after"]
+    # the Philox path keeps the inputs and a 16-byte stream position; torch's transforms keep more
+    t, p = sac_runs[("torch", None)][0], sac_runs[("torchdist_fast", "philox")][0]
+    assert p["actor_saved_bytes"] < t["actor_saved_bytes"]
+
+
+def test_sac_cli_runs_one_impl(tmp_path):
+    res = _cli("sac", "--device", "cpu", "--impl", "torchdist_fast", "--envs", "8", "--horizon", "5", "--steps", "12",
+               "--batch-size", "16", "--eval-envs", "8", "--out", str(tmp_path), "--no-progress")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "updates/s" in res.stdout and "torchdist_fast" in res.stdout
+    assert len(json.loads((tmp_path / "sac.json").read_text())["runs"][0]["returns"]) == 2
+
+
 # ---------------------------------------------------------------------------------- distributed
 def _dist_run(tmp_path, name, *args, launcher="spawn"):
     dump = tmp_path / f"{name}.json"
@@ -274,10 +312,10 @@ COMMON_BAD = [
 ]
 
 
-@pytest.mark.parametrize("module", [vae, reinforce])
+@pytest.mark.parametrize("module", [vae, reinforce, sac])
 @pytest.mark.parametrize("argv,message", COMMON_BAD, ids=lambda a: " ".join(a) if isinstance(a, list) else "")
 def test_example_cli_bad_input(module, argv, message, capsys, tmp_path):
-    if module is reinforce and argv[0] == "--batch-size":
+    if module in (reinforce, sac) and argv[0] == "--batch-size":
         argv = ["--envs", *argv[1:]]
     line = _bad_in_process(module.main, [*argv, "--out", str(tmp_path)], capsys)
     assert message in line
