@@ -207,3 +207,57 @@ def test_patch_routes_torchs_independent():
     assert torch.equal(inside, ours) and not torch.equal(inside, outside)
     assert torch.equal(laplace_inside, laplace.log_prob(value))
     assert Independent.__dict__["log_prob"] is torchdist_fast.independent._TORCH_INDEPENDENT["log_prob"]
+
+
+# ---------------------------------------------------------------- one kernel for rsample + summed log_prob
+SO = torchdist_fast.rng.pack_seed_offset(0xDEAD_BEEF_1234, 12)
+RSAMPLE_CASES = {"row": ((5, 6), (6,), [3], 1), "two-dims": ((4, 2, 3), (4, 2, 3), [], 2), "odd": ((2, 17), (2, 17), [2], 1),
+                 "k0": ((7,), (), [2], 0)}
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", TOLERANCES)
+@pytest.mark.parametrize("case", RSAMPLE_CASES)
+def test_rsample_log_prob_sum_is_rsample_then_the_sum(triton_device, case, dtype, atol, rtol):
+    loc_shape, scale_shape, ss, k = RSAMPLE_CASES[case]
+    g = torch.Generator().manual_seed(len(case))
+    loc = torch.randn(loc_shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    scale = (torch.rand(scale_shape, generator=g, dtype=torch.float64) + 0.3).to(dtype).requires_grad_()
+    z, lp = OPS.normal_rsample_log_prob_sum(loc, scale, ss, k, SO)
+    z_ref, lp_full = OPS.normal_rsample_log_prob(loc, scale, ss, SO)  # the same noise, log_prob per element
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    lp_ref = lp_full.to(cdt).sum(tuple(range(-k, 0))).to(dtype) if k else lp_full
+    d = max(1, z.numel() // max(1, lp.numel()))
+    assert_close(z, z_ref, atol, rtol)
+    assert_close(lp, lp_ref, atol * d * 4, rtol * 4)
+    gz, gl = torch.randn(z.shape, dtype=dtype), torch.randn(lp.shape, dtype=dtype)
+    grads = torch.autograd.grad((z, lp), (loc, scale), (gz, gl))
+    gl_full = gl.reshape(tuple(gl.shape) + (1,) * k).expand(lp_full.shape)
+    ref_grads = torch.autograd.grad((z_ref, lp_full), (loc, scale), (gz, gl_full.contiguous()))
+    for a, b in zip(grads, ref_grads):
+        assert_close(a, b, 20 * atol * d, 20 * rtol)
+
+
+def test_rsample_log_prob_sum_opcheck_and_memory(cpu_kernel):
+    loc, scale = torch.randn(5, 6, requires_grad=True), (torch.rand(6) + 0.5).requires_grad_()
+    torch.library.opcheck(OPS.normal_rsample_log_prob_sum, (loc, scale, [3], 1, SO))
+    z, lp = OPS.normal_rsample_log_prob_sum(loc, scale, [3], 1, SO)
+    torch.library.opcheck(OPS.normal_rsample_log_prob_sum_backward,
+                          (torch.randn(z.shape), torch.randn(lp.shape), loc.detach(), scale.detach(), [3], 1, SO, [True, True]))
+    saved = saved_bytes_beyond_inputs(lambda m, s: OPS.normal_rsample_log_prob_sum(m, s, [3], 1, SO), (loc, scale))
+    assert saved == 16  # the stream position
+
+
+def test_independent_rsample_and_log_prob_uses_one_op(monkeypatch):
+    calls = []
+    real = OPS.normal_rsample_log_prob_sum
+
+    class Spy:
+        def __call__(self, *args):
+            calls.append(args)
+            return real(*args)
+
+    monkeypatch.setattr(torch.ops.torchdist_fast, "normal_rsample_log_prob_sum", Spy())
+    loc, scale = params(seed=3)
+    with torchdist_fast.cpu_sampling("philox"):
+        z, lp = Normal(loc, scale).to_event(1).rsample_and_log_prob((2,))
+    assert len(calls) == 1 and z.shape == (2, 4, 3) and lp.shape == (2, 4)

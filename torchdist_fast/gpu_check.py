@@ -98,7 +98,13 @@ def _stages() -> dict:
         return cmds
 
     def install_cmds(out):
-        return [Command(_py("-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-e", "."))]
+        # an editable install without build isolation builds with the setuptools already installed:
+        # it needs setuptools >= 70.1 (bdist_wheel built in) or setuptools plus the wheel package
+        check = ("import importlib.util as u, setuptools as s; v = tuple(int(x) for x in s.__version__.split('.')[:2]); "
+                 "ok = v >= (70, 1) or u.find_spec('wheel') is not None; print('setuptools', s.__version__); "
+                 "raise SystemExit(0 if ok else 'setuptools >= 70.1 (or the wheel package) is needed for an offline editable install')")
+        return [Command(_py("-c", check)),
+                Command(_py("-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-e", "."))]
 
     def tests_cmds(out):
         return [Command(_py("-m", "pytest", "-m", "not slow", "-q", "-p", "no:cacheprovider",

@@ -17,7 +17,16 @@ import torch
 from torch.distributions import Independent
 
 from . import ops  # noqa: F401  (registers the event-sum ops)
-from .distribution import _log_prob_args, _rsample, _sample, _stable_log_prob_on, _TorchNormal
+from .distribution import (
+    _checked_numel,
+    _log_prob_args,
+    _rsample,
+    _sample,
+    _sample_params,
+    _stable_log_prob_on,
+    _TorchNormal,
+)
+from .functional import draw_seed_offset
 
 __all__ = ["IndependentNormal"]
 
@@ -60,14 +69,23 @@ def _entropy(self):
 
 
 def _rsample_and_log_prob(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None):
-    """``(z, log_prob(z))`` with ``z = rsample(sample_shape)``: the base's Philox rsample, then the
-    event-summed log_prob (two kernels; no full-size log_prob tensor)."""
+    """``(z, log_prob(z))`` with ``z = rsample(sample_shape)``. On the Philox path one kernel draws
+    z and writes the event-summed log_prob from the noise in registers
+    (``normal_rsample_log_prob_sum``; backward regenerates the noise); elsewhere the base's
+    rsample, then the event-summed log_prob (on CPU by default: torch's code)."""
     base = _normal_base(self)
     if base is None:
         z = self.rsample(sample_shape)
         return z, self.log_prob(z)
-    z = _rsample(base, sample_shape, generator=generator)
-    return z, _log_prob_sum(self, z, validate=False)
+    params = _sample_params(base, promote=True)
+    if params is None:
+        z = _rsample(base, sample_shape, generator=generator)
+        return z, _log_prob_sum(self, z, validate=False)
+    sample_shape = torch.Size(sample_shape)
+    numel = _checked_numel(base._extended_shape(sample_shape))
+    seed_offset = draw_seed_offset(params[0].device, numel, generator)
+    return torch.ops.torchdist_fast.normal_rsample_log_prob_sum(
+        *params, list(sample_shape), self.reinterpreted_batch_ndims, seed_offset)
 
 
 def _sample_and_log_prob(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None):

@@ -433,8 +433,10 @@ def _entropy_sum_setup_context(ctx, inputs, output):
 normal_entropy_sum.register_autograd(_entropy_sum_backward, setup_context=_entropy_sum_setup_context)
 
 
-# ---------------------------------------------------------------------------- tanh-squashed Normal
-def _tanh_normal_meta(loc, scale, sample_shape, event_dims, low, high):
+# ---------------------------------------------------------------------------- rsample + event-summed log_prob
+# Two ops on one pair of kernels (triton_kernels/tanh_normal.py): the tanh-squashed Normal, and
+# the plain Normal whose log_prob is summed over event dims (Independent(Normal, k)).
+def _event_rsample_meta(loc, scale, sample_shape, event_dims, low=-1.0, high=1.0):
     """(full shape, log_prob shape); checks with torch's error types."""
     batch = reference.broadcast_shape(loc.shape, scale.shape)
     check_params(loc, scale)
@@ -445,6 +447,40 @@ def _tanh_normal_meta(loc, scale, sample_shape, event_dims, low, high):
     return full, full[: len(full) - event_dims]
 
 
+def _event_rsample(loc, scale, sample_shape, event_dims, low, high, seed_offset, with_log_prob, squash):
+    full, _ = _event_rsample_meta(loc, scale, sample_shape, event_dims, low, high)
+    seed, offset = rng.unpack_seed_offset(seed_offset)
+    mid, half = (high + low) / 2, (high - low) / 2
+    from . import tanh_normal as tn
+
+    if uses_gpu_kernels(loc.device) and tn.fused_kernel_applies(full, event_dims):
+        from .triton_kernels.tanh_normal import tanh_normal_fwd
+
+        a, lp = tanh_normal_fwd(loc, scale, full, event_dims, mid, half, seed, offset, with_log_prob, squash)
+    else:
+        eps = tn.noise(full, seed, offset, loc.dtype, loc.device)
+        a, lp = tn.reference_tanh_normal(eps, loc, scale, event_dims, mid, half, with_log_prob, squash)
+    return a, lp if lp is not None else loc.new_empty(0)
+
+
+def _event_rsample_backward(grad_a, grad_log_prob, loc, scale, sample_shape, event_dims, low, high, seed_offset,
+                            output_mask, squash):
+    full, _ = _event_rsample_meta(loc, scale, sample_shape, event_dims, low, high)
+    seed, offset = rng.unpack_seed_offset(seed_offset)
+    half = (high - low) / 2
+    from . import tanh_normal as tn
+
+    if uses_gpu_kernels(loc.device) and tn.fused_kernel_applies(full, event_dims):
+        from .triton_kernels.tanh_normal import tanh_normal_bwd
+
+        grads = tanh_normal_bwd(grad_a, grad_log_prob, loc, scale, full, event_dims, half, seed, offset, output_mask, squash)
+    else:
+        eps = tn.noise(full, seed, offset, loc.dtype, loc.device)
+        grads = tn.reference_tanh_normal_backward(eps, grad_a, grad_log_prob, loc, scale, event_dims, half, output_mask,
+                                                  squash)
+    return tuple(g if g is not None else t.new_empty(0) for g, t in zip(grads, (loc, scale)))
+
+
 @torch.library.custom_op(
     "torchdist_fast::tanh_normal_rsample", mutates_args=(),
     schema="(Tensor loc, Tensor scale, SymInt[] sample_shape, int event_dims, float low, float high, "
@@ -453,24 +489,12 @@ def _tanh_normal_meta(loc, scale, sample_shape, event_dims, low, high):
 def tanh_normal_rsample(loc, scale, sample_shape, event_dims, low, high, seed_offset, with_log_prob):
     """(a, log_prob(a)): a = mid + half * tanh(loc + scale * eps), log_prob summed over the
     ``event_dims`` rightmost batch dims; log_prob is an empty tensor unless ``with_log_prob``."""
-    full, _ = _tanh_normal_meta(loc, scale, sample_shape, event_dims, low, high)
-    seed, offset = rng.unpack_seed_offset(seed_offset)
-    mid, half = (high + low) / 2, (high - low) / 2
-    from . import tanh_normal as tn
-
-    if uses_gpu_kernels(loc.device) and tn.fused_kernel_applies(full, event_dims):
-        from .triton_kernels.tanh_normal import tanh_normal_fwd
-
-        a, lp = tanh_normal_fwd(loc, scale, full, event_dims, mid, half, seed, offset, with_log_prob)
-    else:
-        eps = tn.noise(full, seed, offset, loc.dtype, loc.device)
-        a, lp = tn.reference_tanh_normal(eps, loc, scale, event_dims, mid, half, with_log_prob)
-    return a, lp if lp is not None else loc.new_empty(0)
+    return _event_rsample(loc, scale, sample_shape, event_dims, low, high, seed_offset, with_log_prob, True)
 
 
 @tanh_normal_rsample.register_fake
 def _(loc, scale, sample_shape, event_dims, low, high, seed_offset, with_log_prob):
-    full, lp_shape = _tanh_normal_meta(loc, scale, sample_shape, event_dims, low, high)
+    full, lp_shape = _event_rsample_meta(loc, scale, sample_shape, event_dims, low, high)
     return loc.new_empty(full), loc.new_empty(lp_shape if with_log_prob else (0,))
 
 
@@ -482,45 +506,73 @@ def _(loc, scale, sample_shape, event_dims, low, high, seed_offset, with_log_pro
 def tanh_normal_rsample_backward(grad_a, grad_log_prob, loc, scale, sample_shape, event_dims, low, high, seed_offset,
                                  output_mask):
     """(grad_loc, grad_scale), regenerating the noise; an unneeded one is an empty tensor."""
-    full, _ = _tanh_normal_meta(loc, scale, sample_shape, event_dims, low, high)
-    seed, offset = rng.unpack_seed_offset(seed_offset)
-    half = (high - low) / 2
-    from . import tanh_normal as tn
+    return _event_rsample_backward(grad_a, grad_log_prob, loc, scale, sample_shape, event_dims, low, high, seed_offset,
+                                   output_mask, True)
 
-    if uses_gpu_kernels(loc.device) and tn.fused_kernel_applies(full, event_dims):
-        from .triton_kernels.tanh_normal import tanh_normal_bwd
 
-        grads = tanh_normal_bwd(grad_a, grad_log_prob, loc, scale, full, event_dims, half, seed, offset, output_mask)
+@torch.library.custom_op(
+    "torchdist_fast::normal_rsample_log_prob_sum", mutates_args=(),
+    schema="(Tensor loc, Tensor scale, SymInt[] sample_shape, int event_dims, Tensor seed_offset) -> (Tensor, Tensor)",
+)
+def normal_rsample_log_prob_sum(loc, scale, sample_shape, event_dims, seed_offset):
+    """normal_rsample_log_prob with log_prob summed over the ``event_dims`` rightmost batch dims
+    in the kernel (Independent(Normal, k)): the same noise as normal_rsample."""
+    return _event_rsample(loc, scale, sample_shape, event_dims, -1.0, 1.0, seed_offset, True, False)
+
+
+@normal_rsample_log_prob_sum.register_fake
+def _(loc, scale, sample_shape, event_dims, seed_offset):
+    full, lp_shape = _event_rsample_meta(loc, scale, sample_shape, event_dims)
+    return loc.new_empty(full), loc.new_empty(lp_shape)
+
+
+@torch.library.custom_op(
+    "torchdist_fast::normal_rsample_log_prob_sum_backward", mutates_args=(),
+    schema="(Tensor? grad_z, Tensor? grad_log_prob, Tensor loc, Tensor scale, SymInt[] sample_shape, int event_dims, "
+    "Tensor seed_offset, bool[] output_mask) -> (Tensor, Tensor)",
+)
+def normal_rsample_log_prob_sum_backward(grad_z, grad_log_prob, loc, scale, sample_shape, event_dims, seed_offset,
+                                         output_mask):
+    return _event_rsample_backward(grad_z, grad_log_prob, loc, scale, sample_shape, event_dims, -1.0, 1.0, seed_offset,
+                                   output_mask, False)
+
+
+for _backward_op in (tanh_normal_rsample_backward, normal_rsample_log_prob_sum_backward):
+    @_backward_op.register_fake
+    def _(grad_a, grad_log_prob, loc, scale, *args):
+        output_mask = args[-1]
+        return tuple(t.new_empty(t.shape if need else (0,)) for t, need in zip((loc, scale), output_mask))
+
+
+def _event_rsample_setup_context(ctx, inputs, output):
+    loc, scale, sample_shape, event_dims = inputs[:4]
+    if len(inputs) == 8:  # tanh_normal_rsample
+        low, high, seed_offset, with_log_prob = inputs[4:]
     else:
-        eps = tn.noise(full, seed, offset, loc.dtype, loc.device)
-        grads = tn.reference_tanh_normal_backward(eps, grad_a, grad_log_prob, loc, scale, event_dims, half, output_mask)
-    return tuple(g if g is not None else t.new_empty(0) for g, t in zip(grads, (loc, scale)))
-
-
-@tanh_normal_rsample_backward.register_fake
-def _(grad_a, grad_log_prob, loc, scale, sample_shape, event_dims, low, high, seed_offset, output_mask):
-    return tuple(t.new_empty(t.shape if need else (0,)) for t, need in zip((loc, scale), output_mask))
-
-
-def _tanh_normal_setup_context(ctx, inputs, output):
-    loc, scale, sample_shape, event_dims, low, high, seed_offset, with_log_prob = inputs
+        (low, high), seed_offset, with_log_prob = (None, None), inputs[4], True
     ctx.set_materialize_grads(False)
     ctx.args = (list(sample_shape), event_dims, low, high)
     ctx.with_log_prob = with_log_prob
     ctx.save_for_backward(loc, scale, seed_offset)  # inputs and the 16-byte stream position
 
 
-def _tanh_normal_backward(ctx, grad_a, grad_log_prob):
+def _event_rsample_grads(ctx, grad_a, grad_log_prob):
     loc, scale, seed_offset = ctx.saved_tensors
+    n_inputs = 5 if ctx.args[2] is None else 8
     if not ctx.with_log_prob:
         grad_log_prob = None
     mask = list(ctx.needs_input_grad[:2])
     if (grad_a is None and grad_log_prob is None) or not any(mask):
-        return (None,) * 8
+        return (None,) * n_inputs
     sample_shape, event_dims, low, high = ctx.args
-    grads = torch.ops.torchdist_fast.tanh_normal_rsample_backward(
-        grad_a, grad_log_prob, loc, scale, sample_shape, event_dims, low, high, seed_offset, mask)
-    return tuple(g if need else None for g, need in zip(grads, mask)) + (None,) * 6
+    if low is None:
+        grads = torch.ops.torchdist_fast.normal_rsample_log_prob_sum_backward(
+            grad_a, grad_log_prob, loc, scale, sample_shape, event_dims, seed_offset, mask)
+    else:
+        grads = torch.ops.torchdist_fast.tanh_normal_rsample_backward(
+            grad_a, grad_log_prob, loc, scale, sample_shape, event_dims, low, high, seed_offset, mask)
+    return tuple(g if need else None for g, need in zip(grads, mask)) + (None,) * (n_inputs - 2)
 
 
-tanh_normal_rsample.register_autograd(_tanh_normal_backward, setup_context=_tanh_normal_setup_context)
+tanh_normal_rsample.register_autograd(_event_rsample_grads, setup_context=_event_rsample_setup_context)
+normal_rsample_log_prob_sum.register_autograd(_event_rsample_grads, setup_context=_event_rsample_setup_context)

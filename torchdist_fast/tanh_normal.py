@@ -59,19 +59,22 @@ def _event_sum(x: torch.Tensor, event_dims: int) -> torch.Tensor:
     return x.sum(tuple(range(-event_dims, 0))) if event_dims else x
 
 
-def reference_tanh_normal(eps, loc, scale, event_dims, mid, half, with_log_prob):
-    """(a, log_prob or None) from the noise ``eps`` (full shape, compute dtype)."""
+def reference_tanh_normal(eps, loc, scale, event_dims, mid, half, with_log_prob, squash=True):
+    """(a, log_prob or None) from the noise ``eps`` (full shape, compute dtype). ``squash=False``:
+    the plain Normal, a = loc + scale * eps (``normal_rsample_log_prob_sum``)."""
     dtype, cdt = loc.dtype, eps.dtype
     scale_c = scale.to(cdt)
     u = loc.to(cdt) + scale_c * eps
-    a = (mid + half * torch.tanh(u)).to(dtype)
+    a = (mid + half * torch.tanh(u) if squash else u).to(dtype)
     if not with_log_prob:
         return a, None
-    term = -0.5 * eps * eps - torch.log(scale_c) - reference.LOG_SQRT_2PI - math.log(half) - _log_one_minus_tanh2(u)
+    term = -0.5 * eps * eps - torch.log(scale_c) - reference.LOG_SQRT_2PI
+    if squash:
+        term = term - math.log(half) - _log_one_minus_tanh2(u)
     return a, _event_sum(term.expand(eps.shape), event_dims).to(dtype)
 
 
-def reference_tanh_normal_backward(eps, grad_a, grad_lp, loc, scale, event_dims, half, output_mask):
+def reference_tanh_normal_backward(eps, grad_a, grad_lp, loc, scale, event_dims, half, output_mask, squash=True):
     """(grad_loc, grad_scale) reduced to the parameters' shapes; None where not needed."""
     cdt = eps.dtype
     scale_c = scale.to(cdt)
@@ -81,10 +84,11 @@ def reference_tanh_normal_backward(eps, grad_a, grad_lp, loc, scale, event_dims,
     gu = torch.zeros_like(eps)
     g_scale = torch.zeros_like(eps)
     if grad_a is not None:
-        gu = gu + grad_a.to(cdt) * half * (4.0 * e / ((1.0 + e) * (1.0 + e)))
+        gu = gu + (grad_a.to(cdt) * half * (4.0 * e / ((1.0 + e) * (1.0 + e))) if squash else grad_a.to(cdt))
     if grad_lp is not None:
         gl = grad_lp.to(cdt).reshape(tuple(grad_lp.shape) + (1,) * event_dims)
-        gu = gu + gl * 2.0 * y
+        if squash:
+            gu = gu + gl * 2.0 * y
         g_scale = g_scale - gl / scale_c
     g_scale = g_scale + gu * eps
     return tuple(

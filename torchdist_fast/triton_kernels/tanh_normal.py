@@ -14,7 +14,10 @@ Layout: program p owns rows [p*BR, p*BR + BR) (BR a multiple of 4, so its first 
 counter) as a [BR, DP] tile, DP = next_power_of_2(D). It generates the counters its BR*D elements
 use, in stream order (4 * NC values), and gathers them into the tile (``tl.gather``), so each
 counter is computed once. Row sums are tile reductions: fixed order, no atomics.
-Reference: ``torchdist_fast.tanh_normal.reference_tanh_normal_rsample`` / ``..._backward``.
+With SQUASH=False the same kernels compute ``Independent(Normal, k)``'s fused rsample + log_prob
+(op ``normal_rsample_log_prob_sum``): a = u, and log_prob_e has no log-determinant terms.
+Reference: ``torchdist_fast.tanh_normal.reference_tanh_normal`` / ``reference_tanh_normal_backward``
+(``squash=False`` for the plain Normal).
 """
 import math
 
@@ -65,7 +68,7 @@ def _tanh_normal_fwd_kernel(
     s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
     seed_lo, seed_hi, offset_lo, offset_hi,
     MID: tl.constexpr, HALF: tl.constexpr, BR: tl.constexpr, DP: tl.constexpr, NC: tl.constexpr,
-    WITH_LOG_PROB: tl.constexpr, FAST_MATH: tl.constexpr,
+    WITH_LOG_PROB: tl.constexpr, FAST_MATH: tl.constexpr, SQUASH: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     IS_FP64: tl.constexpr = a_ptr.dtype.element_ty == tl.float64
@@ -79,11 +82,18 @@ def _tanh_normal_fwd_kernel(
                     mask=mask, other=1.0).to(CDT)
     eps = eps.to(CDT)
     u = loc + scale * eps
-    y, _one_minus_y2, log_one_minus_y2 = _tanh_parts(u)
-    tl.store(a_ptr + e, (MID + HALF * y).to(a_ptr.dtype.element_ty), mask=mask)
+    if SQUASH:
+        y, _one_minus_y2, log_one_minus_y2 = _tanh_parts(u)
+        tl.store(a_ptr + e, (MID + HALF * y).to(a_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(a_ptr + e, u.to(a_ptr.dtype.element_ty), mask=mask)
     if WITH_LOG_PROB:
-        term = -0.5 * eps * eps - tl.log(scale) - LOG_SQRT_2PI - log_one_minus_y2
-        total = tl.sum(tl.where(mask, term, 0.0), axis=1) - D * tl.log(tl.full([BR], HALF, CDT))
+        term = -0.5 * eps * eps - tl.log(scale) - LOG_SQRT_2PI
+        if SQUASH:
+            term -= log_one_minus_y2
+        total = tl.sum(tl.where(mask, term, 0.0), axis=1)
+        if SQUASH:
+            total -= D * tl.log(tl.full([BR], HALF, CDT))
         tl.store(lp_ptr + row, total.to(lp_ptr.dtype.element_ty), mask=row < rows)
 
 
@@ -94,7 +104,7 @@ def _tanh_normal_bwd_kernel(
     seed_lo, seed_hi, offset_lo, offset_hi,
     HALF: tl.constexpr, BR: tl.constexpr, DP: tl.constexpr, NC: tl.constexpr,
     HAS_GA: tl.constexpr, HAS_GL: tl.constexpr, NEED_LOC: tl.constexpr, NEED_SCALE: tl.constexpr,
-    FAST_MATH: tl.constexpr,
+    FAST_MATH: tl.constexpr, SQUASH: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     IS_FP64: tl.constexpr = loc_ptr.dtype.element_ty == tl.float64
@@ -107,15 +117,20 @@ def _tanh_normal_bwd_kernel(
     scale = tl.load(scale_ptr + _broadcast_offset(e, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3),
                     mask=mask, other=1.0).to(CDT)
     eps = eps.to(CDT)
-    y, one_minus_y2, _log = _tanh_parts(loc + scale * eps)
     gu = tl.zeros([BR, DP], dtype=CDT)
     g_scale = tl.zeros([BR, DP], dtype=CDT)
+    if SQUASH:
+        y, one_minus_y2, _log = _tanh_parts(loc + scale * eps)
     if HAS_GA:
         ga = tl.load(ga_ptr + e, mask=mask, other=0.0).to(CDT)
-        gu += ga * HALF * one_minus_y2
+        if SQUASH:
+            gu += ga * HALF * one_minus_y2
+        else:
+            gu += ga
     if HAS_GL:
         gl = tl.load(gl_ptr + row, mask=row < rows, other=0.0).to(CDT)[:, None]
-        gu += gl * 2.0 * y
+        if SQUASH:
+            gu += gl * 2.0 * y  # d log_prob / du through the log-determinant (0 without squashing)
         g_scale -= gl / scale
     if NEED_LOC:
         tl.store(g_loc_ptr + e, gu.to(g_loc_ptr.dtype.element_ty), mask=mask)
@@ -140,7 +155,7 @@ def event_size(full_shape, event_dims: int) -> int:
     return math.prod(tuple(full_shape)[len(full_shape) - event_dims:]) if event_dims else 1
 
 
-def tanh_normal_fwd(loc, scale, full_shape, event_dims, mid, half, seed, offset, with_log_prob):
+def tanh_normal_fwd(loc, scale, full_shape, event_dims, mid, half, seed, offset, with_log_prob, squash=True):
     """(a, log_prob) over ``full_shape``; log_prob summed over the ``event_dims`` rightmost dims
     (None when not asked)."""
     full_shape = tuple(full_shape)
@@ -156,11 +171,12 @@ def tanh_normal_fwd(loc, scale, full_shape, event_dims, mid, half, seed, offset,
     _tanh_normal_fwd_kernel[(triton.cdiv(rows, br),)](
         a, lp if lp is not None else a, loc, scale, rows, D, *layout, *split_to_i32(seed), *split_to_i32(offset),
         MID=float(mid), HALF=float(half), BR=br, DP=dp, NC=nc, WITH_LOG_PROB=with_log_prob, FAST_MATH=fast_math(a),
+        SQUASH=squash,
     )
     return a, lp
 
 
-def tanh_normal_bwd(grad_a, grad_lp, loc, scale, full_shape, event_dims, half, seed, offset, output_mask):
+def tanh_normal_bwd(grad_a, grad_lp, loc, scale, full_shape, event_dims, half, seed, offset, output_mask, squash=True):
     """(grad_loc, grad_scale) reduced to the parameters' shapes; None where not needed."""
     full_shape = tuple(full_shape)
     numel = math.prod(full_shape)
@@ -183,6 +199,6 @@ def tanh_normal_bwd(grad_a, grad_lp, loc, scale, full_shape, event_dims, half, s
             *(b if b is not None else dummy for b in bufs), ga if ga is not None else dummy, gl if gl is not None else dummy,
             loc_b, scale_b, rows, D, *layout, *split_to_i32(seed), *split_to_i32(offset),
             HALF=float(half), BR=br, DP=dp, NC=nc, HAS_GA=ga is not None, HAS_GL=gl is not None,
-            NEED_LOC=bool(output_mask[0]), NEED_SCALE=bool(output_mask[1]), FAST_MATH=fast_math(dummy),
+            NEED_LOC=bool(output_mask[0]), NEED_SCALE=bool(output_mask[1]), FAST_MATH=fast_math(dummy), SQUASH=squash,
         )
     return tuple(None if b is None else reduce_to(b, t.shape).to(t.dtype) for b, t in zip(bufs, (loc, scale)))
