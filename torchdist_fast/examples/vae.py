@@ -20,10 +20,11 @@ every device: bytes autograd saves for backward in one training step beyond the 
 parameters, measured with ``torch.autograd.graph.saved_tensors_hooks``). Written to ``--out``:
 ``vae_elbo.png`` (ELBO per step, both implementations) and ``vae.json``.
 
-On CPU, ``torchdist_fast.Normal`` samples exactly as torch by default (``cpu_sampling("torch")``),
-so the two runs draw the same noise and differ only in ``log_prob``'s rounding;
-``--cpu-sampling philox`` makes it draw the Philox stream of the GPU kernels instead (different
-noise, the same distribution).
+On CPU, ``torchdist_fast.Normal`` is torch's Normal bit for bit by default
+(``cpu_sampling("torch")``: samples, ``log_prob`` and the KL), so the two runs give the same
+numbers; ``--cpu-sampling philox`` makes it draw the Philox stream of the GPU kernels instead
+(different noise, the same distribution) and use the fused ``log_prob`` and KL
+(``torchdist_fast.kl``: ``kl_divergence`` with a ``torchdist_fast.Normal`` dispatches there).
 """
 from __future__ import annotations
 
