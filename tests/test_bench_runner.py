@@ -142,3 +142,44 @@ def test_pytest_benchmark_suite_runs():
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "3 passed" in res.stdout
+
+
+def _cuda_like_row(monkeypatch, fn, event_s):
+    """A row measured as on CUDA, with the CUDA pieces replaced: events report ``event_s`` per
+    call, synchronization is a no-op. What is left is the runner's own wall/host bookkeeping."""
+    import torch
+
+    monkeypatch.setattr(bench, "_sync", lambda device: None)
+    monkeypatch.setattr(bench, "time_calls", lambda fn, sets, device, n: [event_s] * n)
+    inputs = [bench.make_inputs(8, "cpu", torch.float32, "fwd", s) for s in range(bench.ROTATE)]
+    return bench._timings(fn, "sample", "fwd", 8, "cuda", torch.float32, inputs, 5, {})
+
+
+def test_gpu_rows_have_wall_host_and_the_host_bound_flag(monkeypatch):
+    slow_host = _cuda_like_row(monkeypatch, lambda *a: time.sleep(0.02), event_s=1e-5)
+    assert slow_host.median_s == 1e-5 and slow_host.host_s >= 0.015 and slow_host.wall_s >= slow_host.host_s
+    assert slow_host.host_bound is True
+    # a call that returns at once while the (pretend) GPU is busy: wall is set by the device
+    monkeypatch.setattr(bench, "_sync", lambda device: time.sleep(0.2))
+    monkeypatch.setattr(bench, "time_calls", lambda fn, sets, device, n: [0.04] * n)
+    import torch
+
+    inputs = [bench.make_inputs(8, "cpu", torch.float32, "fwd", s) for s in range(bench.ROTATE)]
+    fast_host = bench._timings(lambda *a: None, "sample", "fwd", 8, "cuda", torch.float32, inputs, 5, {})
+    assert fast_host.host_bound is False and fast_host.wall_s > 5 * fast_host.host_s
+
+
+def test_gpu_small_batch_summary_columns():
+    def row(impl, host, wall, bound, median=1e-5):
+        return dict(device="cuda", dtype="float32", op="sample", mode="fwd", size=64, impl=impl, median_s=median,
+                    min_s=median, max_s=median, repeats=5, gbps=1.0, compile_warmup_s=None, ratio_vs_eager=1.0,
+                    ratio_vs_compile=1.0, pct_copy_bandwidth=None, saved_bytes_per_element=None, ops_per_call=None,
+                    ops_per_call_kind="", host_syncs=0, host_s=host, wall_s=wall, host_bound=bound,
+                    host_ratio_vs_eager=1.0, extra={})
+    data = {"environment": {"devices": {"cuda": "GPU"}, "date": "2026-01-01", "torch": "t", "triton": "x"},
+            "results": [row("eager", 4e-5, 4.2e-5, True), row("compile", 2e-5, 2.1e-5, True), row("torchdist_fast", 1e-5, 1.3e-5, False)],
+            "refused": []}
+    text = bench.summary_markdown(data, "gpu.json")
+    assert "Small batches (cuda, float32)" in text and "host-bound (eager / compile / ours)" in text
+    assert "| sample | fwd | 2^6 | 40.0 us | 20.0 us | 10.0 us | 0.25 | 0.50 | 42.0 us / 21.0 us / 13.0 us | host / host / GPU |" in text
+    assert "HOST" in bench.format_table(data)
