@@ -79,6 +79,11 @@ void tdf_words(int64_t n, uint64_t seed, uint64_t offset, uint32_t call, uint32_
   }
 }
 
+// The float32 Box-Muller of n word pairs (w_r, w_t) -> n pairs (r cos, r sin): accuracy-contract checks.
+void tdf_box_muller32(int64_t n, const uint32_t* words, float* out) {
+  for (int64_t i = 0; i < n; ++i) box_muller32(words[2 * i], words[2 * i + 1], out[2 * i], out[2 * i + 1]);
+}
+
 int tdf_randn(int dtype, int64_t numel, uint64_t seed, uint64_t offset, void* out) {
   return with_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);

@@ -48,14 +48,6 @@ struct U32x4 {
   uint32_t x, y, z, w;
 };
 
-TDF_HOST_DEVICE uint32_t mulhi32(uint32_t a, uint32_t b) {
-#if defined(__CUDA_ARCH__)
-  return __umulhi(a, b);
-#else
-  return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
-#endif
-}
-
 // Philox4x32-R (Random123): R rounds, the key bumped before every round but the first.
 TDF_HOST_DEVICE U32x4 philox4x32(U32x4 ctr, uint32_t k0, uint32_t k1, int rounds = 10) {
   uint32_t c0 = ctr.x, c1 = ctr.y, c2 = ctr.z, c3 = ctr.w;
@@ -67,8 +59,10 @@ TDF_HOST_DEVICE U32x4 philox4x32(U32x4 ctr, uint32_t k0, uint32_t k1, int rounds
       k0 += PHILOX_W0;
       k1 += PHILOX_W1;
     }
-    const uint32_t hi0 = mulhi32(c0, PHILOX_M0), lo0 = c0 * PHILOX_M0;
-    const uint32_t hi1 = mulhi32(c2, PHILOX_M1), lo1 = c2 * PHILOX_M1;
+    // one 32x32 -> 64 multiply per product (IMAD.WIDE.U32) gives both halves
+    const uint64_t p0 = static_cast<uint64_t>(c0) * PHILOX_M0, p1 = static_cast<uint64_t>(c2) * PHILOX_M1;
+    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
+    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
     const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
     c0 = n0;
     c1 = lo1;
@@ -88,16 +82,14 @@ TDF_HOST_DEVICE U32x4 stream_words(uint64_t c, uint32_t call, uint32_t k0, uint3
   return philox4x32(stream_counter(c, call), k0, k1, 10);
 }
 
-// uint32 word -> float32 uniform in (0, 1]: (float(w) + 0.5f) * 2^-32, all in float32.
-TDF_HOST_DEVICE float uniform32(uint32_t w) {
-#if defined(__CUDA_ARCH__)
-  const float fw = __uint2float_rn(w);
-  return __fmul_rn(__fadd_rn(fw, 0.5f), INV_2_32_F);  // no contraction: two roundings, as the reference
-#else
-  const float fw = static_cast<float>(w);  // round to nearest, as torch's int64 -> float32
-  return (fw + 0.5f) * INV_2_32_F;
-#endif
-}
+// Constants of the float32 Box-Muller (box_muller32 below).
+constexpr float INV_2_33_F = 1.1641532182693481e-10f;     // 2^-33
+constexpr float NEG_INV_2_31_F = -4.656612873077393e-10f;  // -2^-31
+constexpr float NEG_INV_2_32_F = -2.3283064365386963e-10f; // -2^-32
+constexpr float TWO_PI_INV_2_32_F = 1.4629180792671596e-09f;  // float32(2 pi 2^-32)
+constexpr float PI_INV_2_32_F = 7.314590396335798e-10f;       // float32(pi 2^-32)
+constexpr float NEG_2_LN2_F = -1.3862943611198906f;           // float32(-2 ln 2)
+constexpr float ONE_MINUS_SMALL_T_F = 0.9990234375f;          // 1 - 2^-10 (reference.BOX_MULLER_SMALL_T)
 
 // Two uint32 words -> float64 uniform with 53 random bits, never 0.
 TDF_HOST_DEVICE double uniform64(uint32_t a, uint32_t b) {
@@ -105,16 +97,34 @@ TDF_HOST_DEVICE double uniform64(uint32_t a, uint32_t b) {
   return (static_cast<double>(m) + 0.5) * INV_2_53;
 }
 
-TDF_HOST_DEVICE void box_muller(float u_r, float u_theta, float& z0, float& z1) {
-  const float r = sqrtf(-2.0f * logf(u_r));
-  const float theta = TWO_PI_F * u_theta;
-  float s, c;
+// Two float32 normals from a word pair: the algorithm of triton_kernels/philox.py _box_muller32,
+// under the accuracy contract of reference.py. r^2 = -2 ln u, u = (w_r + 0.5) 2^-32; near u = 1
+// (1 - u < 2^-10) r^2 = 2t + t^2 with 2t = -(int32(w_r) + 0.5) 2^-31 exact; elsewhere
+// -2 ln 2 log2(u). The angle 2 pi (int32(w_t) + 0.5) 2^-32 lies in [-pi, pi). On the device the
+// log2, sin and cos are the hardware approximations (__log2f, __sincosf: MUFU), as curand's
+// __sincosf; the host build runs the same steps with precise functions.
+TDF_HOST_DEVICE void box_muller32(uint32_t w_r, uint32_t w_t, float& z0, float& z1) {
 #if defined(__CUDA_ARCH__)
-  sincosf(theta, &s, &c);
+  const float fw = __uint2float_rn(w_r), fs = __int2float_rn(static_cast<int32_t>(w_r));
+  const float ft = __int2float_rn(static_cast<int32_t>(w_t));
 #else
+  const float fw = static_cast<float>(w_r), fs = static_cast<float>(static_cast<int32_t>(w_r));
+  const float ft = static_cast<float>(static_cast<int32_t>(w_t));
+#endif
+  const float u = fmaf(fw, INV_2_32_F, INV_2_33_F);
+  const float t2 = fmaf(fs, NEG_INV_2_31_F, NEG_INV_2_32_F);
+  const float theta = fmaf(ft, TWO_PI_INV_2_32_F, PI_INV_2_32_F);
+  float lg, s, c;
+#if defined(__CUDA_ARCH__)
+  lg = __log2f(u);
+  __sincosf(theta, &s, &c);
+#else
+  lg = log2f(u);
   s = sinf(theta);
   c = cosf(theta);
 #endif
+  const float small = fmaf(t2, t2 * 0.25f, t2);
+  const float r = sqrtf(u >= ONE_MINUS_SMALL_T_F ? small : lg * NEG_2_LN2_F);
   z0 = r * c;
   z1 = r * s;
 }
@@ -137,8 +147,8 @@ TDF_HOST_DEVICE void box_muller(double u_r, double u_theta, double& z0, double& 
 // (also what float16 / bfloat16 outputs round) or float64.
 TDF_HOST_DEVICE void stream_normals(uint64_t c, uint32_t k0, uint32_t k1, float z[4]) {
   const U32x4 w = stream_words(c, 0u, k0, k1);
-  box_muller(uniform32(w.x), uniform32(w.y), z[0], z[1]);
-  box_muller(uniform32(w.z), uniform32(w.w), z[2], z[3]);
+  box_muller32(w.x, w.y, z[0], z[1]);
+  box_muller32(w.z, w.w, z[2], z[3]);
 }
 
 TDF_HOST_DEVICE void stream_normals(uint64_t c, uint32_t k0, uint32_t k1, double z[4]) {

@@ -128,6 +128,7 @@ def _load_host_lib(path: Path):
     lib.tdf_rsample_fwd.argtypes = [i32, i32, vp, vp, vp, vp, vp, u64, u64, vp, vp]
     lib.tdf_rsample_fwd.restype = i32
     lib.tdf_has_half.restype = i32
+    lib.tdf_box_muller32.argtypes = [i64, vp, vp]
     return lib
 
 
@@ -184,6 +185,20 @@ def test_normals_equal_reference(host_lib, dtype, atol, rtol, seed, offset):
     got = torch.full((numel,), float("nan"), dtype=dtype)
     assert host_lib.tdf_randn(DTYPE_CODES[dtype], numel, seed, offset, _ptr(got)) == 1
     assert_close(got, reference.philox_normals(numel, seed, offset, dtype), atol, rtol)
+
+
+def test_box_muller_meets_accuracy_contract(host_lib):
+    """The kernels' float32 Box-Muller (host build: same steps, precise functions) on the contract's
+    words; the device approximations are checked by emulation in test_normal_accuracy.py."""
+    from test_normal_accuracy import contract_errors, contract_words
+
+    words = contract_words()
+    raw = (ctypes.c_uint32 * words.numel())(*words.flatten().tolist())
+    out = torch.full(tuple(words.shape), float("nan"), dtype=torch.float32)   # poisoned
+    host_lib.tdf_box_muller32(words.shape[0], ctypes.cast(raw, ctypes.c_void_p), ctypes.c_void_p(out.data_ptr()))
+    ideal = torch.stack(reference.ideal_normals32(words[:, 0], words[:, 1]), 1)
+    abs_err, rel_err = contract_errors(out, ideal)
+    assert abs_err <= reference.FAST_ABS_ERR and rel_err <= reference.FAST_REL_ERR, (abs_err, rel_err)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -152,7 +152,6 @@ def test_gpu_fast_math_meets_contract():
 def test_gpu_stream_meets_contract():
     """philox_randn on CUDA against the float64 formula on the same words (2**22 draws)."""
     seed, offset, n = 12345, 678, 2**22
-    z = reference.philox_randn  # noqa: F841  (the reference words below)
     from torchdist_fast.triton_kernels.philox import philox_randn
 
     got = philox_randn((n,), seed, offset, torch.float32, "cuda").cpu().view(-1, 4)
@@ -161,4 +160,20 @@ def test_gpu_stream_meets_contract():
     z2, z3 = reference.ideal_normals32(w[:, 2], w[:, 3])
     ideal = torch.stack((z0, z1, z2, z3), 1)
     abs_err, rel_err = contract_errors(got, ideal)
+    assert abs_err <= reference.FAST_ABS_ERR and rel_err <= reference.FAST_REL_ERR, (abs_err, rel_err)
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_backend_stream_meets_contract():
+    """The CUDA C++ backend (kernels/philox.cuh box_muller32, __log2f/__sincosf) on a GPU."""
+    from torchdist_fast import cuda_backend
+
+    if not cuda_backend.available():
+        pytest.skip(cuda_backend.unavailable_reason())
+    seed, offset, n = 4321, 8, 2**22
+    got = cuda_backend.philox_randn((n,), seed, offset, torch.float32, "cuda").cpu().view(-1, 4)
+    w = reference.philox_words(n // 4, seed, offset)
+    z0, z1 = reference.ideal_normals32(w[:, 0], w[:, 1])
+    z2, z3 = reference.ideal_normals32(w[:, 2], w[:, 3])
+    abs_err, rel_err = contract_errors(got, torch.stack((z0, z1, z2, z3), 1))
     assert abs_err <= reference.FAST_ABS_ERR and rel_err <= reference.FAST_REL_ERR, (abs_err, rel_err)
