@@ -47,10 +47,15 @@ def constexpr_names(kernel) -> list:
     return [p.name for p in kernel.params if p.is_constexpr]
 
 
+# constexpr flags a variant does not name get the value CUDA launches use (``layout.fast_math``:
+# hardware-approximation transcendentals on CUDA); any other unnamed flag is compiled off
+FLAG_DEFAULTS = {"FAST_MATH": True}
+
+
 def with_default_flags(kernel, constexprs: dict) -> dict:
-    """The variant's constexprs, plus False for any constexpr flag of the kernel the variant does
-    not name (a flag added to a kernel is then compiled in its off state, not skipped)."""
-    return {**{n: False for n in constexpr_names(kernel) if n not in constexprs}, **constexprs}
+    """The variant's constexprs, plus a default for every constexpr flag of the kernel the variant
+    does not name (a flag added to a kernel is compiled in its CUDA state, not skipped)."""
+    return {**{n: FLAG_DEFAULTS.get(n, False) for n in constexpr_names(kernel) if n not in constexprs}, **constexprs}
 
 
 def _signature(kernel, dtype: str, constexprs: dict, contiguous: bool):
