@@ -144,3 +144,29 @@ def test_log_prob_tiles_match_reference(dtype, atol, rtol, value_shape, loc_shap
             assert (g is None) == (e is None)
             if g is not None:
                 assert_close(g.cpu(), e, atol * max(value_shape), rtol * 4)
+
+
+def test_needs_idx64():
+    assert not layout.needs_idx64(1000, 768, 16, [(layout.ROW, 0, 1)])
+    assert layout.needs_idx64(2**22, 2**10, 16, [(layout.ROW, 0, 1)])            # the output reaches 2**31
+    assert layout.needs_idx64(8, 8, 16, [(layout.FULL, 2**28, 1)])               # an operand offset does
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("loc_shape,scale_shape,sample_shape", TILE_CASES[1:5])
+def test_tiles_with_64_bit_indices(loc_shape, scale_shape, sample_shape, triton_device, monkeypatch, poisoned_empty):
+    """The IDX64 variant (outputs or operands past 2**31 elements) on small shapes."""
+    from torchdist_fast.triton_kernels import normal_log_prob, normal_rsample
+
+    monkeypatch.setattr(normal_rsample, "needs_idx64", lambda *a: True)
+    monkeypatch.setattr(normal_log_prob, "needs_idx64", lambda *a: True)
+    gen = torch.Generator().manual_seed(3)
+    loc, scale = _params(loc_shape, scale_shape, torch.float32, gen)
+    so = rng.pack_seed_offset(SEED, OFFSET)
+    z, lp = OPS.normal_rsample_log_prob(loc.to(triton_device), scale.to(triton_device), list(sample_shape), so)
+    ez, elp = reference.normal_rsample(loc, scale, sample_shape, SEED, OFFSET, with_log_prob=True)
+    assert_close(z.cpu(), ez, 1e-5, 1e-5)
+    assert_close(lp.cpu(), elp, 1e-5, 1e-5)
+    value = torch.randn(z.shape, generator=gen)
+    out = OPS.normal_log_prob(value.to(triton_device), loc.to(triton_device), scale.to(triton_device))
+    assert_close(out.cpu(), reference.normal_log_prob(value, loc, scale), 1e-5, 1e-5)

@@ -188,6 +188,12 @@ def tile_grid(R, D, br, bc):
     return (triton.cdiv(R, br), triton.cdiv(D, bc))
 
 
+def needs_idx64(R, D, br, ops) -> bool:
+    """64-bit index arithmetic when a (padded) flat output index or an operand offset can reach 2**31."""
+    rows = triton.cdiv(R, br) * br
+    return rows * D >= 2**31 or any(rows * abs(t0) + D * abs(t1) >= 2**31 for _k, t0, t1 in ops)
+
+
 @triton.jit
 def _tile_operand(ptr, rows, cols, R, D, t0, t1, KIND: tl.constexpr, other):
     """An operand over the tile rows x cols: scalar, [1, BC], [BR, 1] or [BR, BC]."""
@@ -204,11 +210,16 @@ def _tile_operand(ptr, rows, cols, R, D, t0, t1, KIND: tl.constexpr, other):
 
 
 @triton.jit
-def _tile_coords(R, D, BR: tl.constexpr, BC: tl.constexpr):
-    """Rows, columns, flat output indices and mask of this program's tile: grid (row tiles, column tiles)."""
+def _tile_coords(R, D, BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr):
+    """Rows, columns, flat output indices and mask of this program's tile: grid (row tiles, column tiles).
+
+    Index arithmetic is 32-bit unless the output has 2**31 elements or more (IDX64)."""
     pr = tl.program_id(0)
     pc = tl.program_id(1)
-    rows = pr.to(tl.int64) * BR + tl.arange(0, BR)
+    if IDX64:
+        rows = pr.to(tl.int64) * BR + tl.arange(0, BR)
+    else:
+        rows = pr * BR + tl.arange(0, BR)
     cols = pc * BC + tl.arange(0, BC)
     idx = rows[:, None] * D + cols[None, :]
     mask = (rows < R)[:, None] & (cols < D)[None, :]

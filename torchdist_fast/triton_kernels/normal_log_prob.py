@@ -11,7 +11,7 @@ import triton.language as tl
 
 from .. import reference
 from ..reference import compute_dtype, reduce_to
-from .layout import _broadcast_offset, _tile_coords, _tile_operand, block_counters, broadcast_args, launch_splits, tile_grid, tile_layout
+from .layout import _broadcast_offset, _tile_coords, _tile_operand, block_counters, broadcast_args, launch_splits, needs_idx64, tile_grid, tile_layout
 from .normal_rsample import _operand
 
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
@@ -75,10 +75,10 @@ def _normal_log_prob_bwd_kernel(
 @triton.jit
 def _normal_log_prob_fwd_2d_kernel(
     out_ptr, value_ptr, loc_ptr, scale_ptr, R, D, v_t0, v_t1, loc_t0, loc_t1, scale_t0, scale_t1,
-    BR: tl.constexpr, BC: tl.constexpr, V_KIND: tl.constexpr, LOC_KIND: tl.constexpr, SCALE_KIND: tl.constexpr,
+    BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr, V_KIND: tl.constexpr, LOC_KIND: tl.constexpr, SCALE_KIND: tl.constexpr,
 ):
     # the output as R rows of D elements, one BR x BC tile per program (layout.tile_layout)
-    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC)
+    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC, IDX64)
     CDT: tl.constexpr = tl.float64 if out_ptr.dtype.element_ty == tl.float64 else tl.float32
     v = _tile_operand(value_ptr, rows, cols, R, D, v_t0, v_t1, V_KIND, 0.0).to(CDT)
     loc = _tile_operand(loc_ptr, rows, cols, R, D, loc_t0, loc_t1, LOC_KIND, 0.0).to(CDT)
@@ -94,10 +94,10 @@ def _normal_log_prob_fwd_2d_kernel(
 def _normal_log_prob_bwd_2d_kernel(
     grad_value_ptr, grad_loc_ptr, grad_scale_ptr, grad_ptr, value_ptr, loc_ptr, scale_ptr, R, D,
     g_t0, g_t1, v_t0, v_t1, loc_t0, loc_t1, scale_t0, scale_t1,
-    BR: tl.constexpr, BC: tl.constexpr, NEED_VALUE: tl.constexpr, NEED_LOC: tl.constexpr, NEED_SCALE: tl.constexpr,
+    BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr, NEED_VALUE: tl.constexpr, NEED_LOC: tl.constexpr, NEED_SCALE: tl.constexpr,
     G_KIND: tl.constexpr, V_KIND: tl.constexpr, LOC_KIND: tl.constexpr, SCALE_KIND: tl.constexpr,
 ):
-    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC)
+    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC, IDX64)
     CDT: tl.constexpr = tl.float64 if value_ptr.dtype.element_ty == tl.float64 else tl.float32
     g = _tile_operand(grad_ptr, rows, cols, R, D, g_t0, g_t1, G_KIND, 0.0).to(CDT)
     v = _tile_operand(value_ptr, rows, cols, R, D, v_t0, v_t1, V_KIND, 0.0).to(CDT)
@@ -129,9 +129,11 @@ def normal_log_prob_fwd(value, loc, scale):
         block = _elements_block(value.dtype)
         tile = tile_layout(out_shape, value, loc, scale, elements=block, need_d4=False)
         if tile is not None:
-            R, D, ((vk, v0, v1), (lk, l0, l1), (sk, s0, s1)), br, bc = tile
+            R, D, ops, br, bc = tile
+            (vk, v0, v1), (lk, l0, l1), (sk, s0, s1) = ops
             _normal_log_prob_fwd_2d_kernel[tile_grid(R, D, br, bc)](
-                out, value, loc, scale, R, D, v0, v1, l0, l1, s0, s1, BR=br, BC=bc, V_KIND=vk, LOC_KIND=lk, SCALE_KIND=sk)
+                out, value, loc, scale, R, D, v0, v1, l0, l1, s0, s1, BR=br, BC=bc, IDX64=needs_idx64(R, D, br, ops),
+                V_KIND=vk, LOC_KIND=lk, SCALE_KIND=sk)
             return out
         loc_scalar, scale_scalar = loc.numel() == 1, scale.numel() == 1
         (value, loc, scale), layout = broadcast_args(out_shape, value, loc, scale)
@@ -159,10 +161,11 @@ def normal_log_prob_bwd(grad, value, loc, scale, output_mask):
         block = _elements_block(value.dtype)
         tile = tile_layout(out_shape, grad, value, loc, scale, elements=block, need_d4=False)
         if tile is not None:
-            R, D, ((gk, g0, g1), (vk, v0, v1), (lk, l0, l1), (sk, s0, s1)), br, bc = tile
+            R, D, ops, br, bc = tile
+            (gk, g0, g1), (vk, v0, v1), (lk, l0, l1), (sk, s0, s1) = ops
             _normal_log_prob_bwd_2d_kernel[tile_grid(R, D, br, bc)](
                 *(b if b is not None else dummy for b in bufs), grad, value, loc, scale, R, D,
-                g0, g1, v0, v1, l0, l1, s0, s1, BR=br, BC=bc,
+                g0, g1, v0, v1, l0, l1, s0, s1, BR=br, BC=bc, IDX64=needs_idx64(R, D, br, ops),
                 NEED_VALUE=output_mask[0], NEED_LOC=output_mask[1], NEED_SCALE=output_mask[2],
                 G_KIND=gk, V_KIND=vk, LOC_KIND=lk, SCALE_KIND=sk,
             )

@@ -13,7 +13,7 @@ import triton.language as tl
 from .. import reference
 from ..reference import compute_dtype, reduce_to
 from .layout import (_broadcast_offset, _tile_coords, _tile_operand, block_counters, broadcast_args, fast_math, launch_splits,
-                     split_to_i32, tile_grid, tile_layout)
+                     split_to_i32, needs_idx64, tile_grid, tile_layout)
 from .philox import _stream_block, _stream_tile
 
 _SEED_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi"]
@@ -84,11 +84,11 @@ def _normal_rsample_bwd_kernel(
 def _normal_rsample_fwd_2d_kernel(
     z_ptr, log_prob_ptr, loc_ptr, scale_ptr, R, D, loc_t0, loc_t1, scale_t0, scale_t1,
     seed_lo, seed_hi, offset_lo, offset_hi,
-    BR: tl.constexpr, BC: tl.constexpr, WITH_LOG_PROB: tl.constexpr, LOC_KIND: tl.constexpr,
+    BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr, WITH_LOG_PROB: tl.constexpr, LOC_KIND: tl.constexpr,
     SCALE_KIND: tl.constexpr, FAST_MATH: tl.constexpr,
 ):
     # the output as R rows of D elements, one BR x BC tile per program (layout.tile_layout)
-    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC)
+    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC, IDX64)
     IS_FP64: tl.constexpr = z_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = z_ptr.dtype.element_ty.primitive_bitwidth == 16
     eps = _stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC, IS_FP64, FAST_MATH, PAIRS)
@@ -106,10 +106,10 @@ def _normal_rsample_fwd_2d_kernel(
 def _normal_rsample_bwd_2d_kernel(
     grad_scale_ptr, grad_z_ptr, grad_log_prob_ptr, scale_ptr, R, D,
     gz_t0, gz_t1, glp_t0, glp_t1, scale_t0, scale_t1, seed_lo, seed_hi, offset_lo, offset_hi,
-    BR: tl.constexpr, BC: tl.constexpr, HAS_GRAD_Z: tl.constexpr, HAS_GRAD_LOG_PROB: tl.constexpr,
+    BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr, HAS_GRAD_Z: tl.constexpr, HAS_GRAD_LOG_PROB: tl.constexpr,
     GZ_KIND: tl.constexpr, GLP_KIND: tl.constexpr, SCALE_KIND: tl.constexpr, FAST_MATH: tl.constexpr,
 ):
-    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC)
+    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC, IDX64)
     IS_FP64: tl.constexpr = scale_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = scale_ptr.dtype.element_ty.primitive_bitwidth == 16
     eps = _stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC, IS_FP64, FAST_MATH, PAIRS)
@@ -133,10 +133,11 @@ def normal_rsample_fwd(loc, scale, sample_shape, seed: int, offset: int, with_lo
         block = block_counters(loc.dtype)
         tile = tile_layout(out_shape, loc, scale, elements=4 * block, need_d4=True)
         if tile is not None:
-            R, D, ((lk, lt0, lt1), (sk, st0, st1)), br, bc = tile
+            R, D, ops, br, bc = tile
+            (lk, lt0, lt1), (sk, st0, st1) = ops
             _normal_rsample_fwd_2d_kernel[tile_grid(R, D, br, bc)](
                 z, log_prob, loc, scale, R, D, lt0, lt1, st0, st1, *split_to_i32(seed), *split_to_i32(offset),
-                BR=br, BC=bc, WITH_LOG_PROB=with_log_prob, LOC_KIND=lk, SCALE_KIND=sk, FAST_MATH=fast_math(z),
+                BR=br, BC=bc, IDX64=needs_idx64(R, D, br, ops), WITH_LOG_PROB=with_log_prob, LOC_KIND=lk, SCALE_KIND=sk, FAST_MATH=fast_math(z),
             )
             return (z, log_prob) if with_log_prob else z
         loc_scalar, scale_scalar = loc.numel() == 1, scale.numel() == 1
@@ -164,10 +165,11 @@ def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int):
         block = block_counters(scale.dtype)
         tile = tile_layout(out_shape, gz, glp, scale, elements=4 * block, need_d4=True)
         if tile is not None:
-            R, D, ((gk, g0, g1), (pk, p0, p1), (sk, st0, st1)), br, bc = tile
+            R, D, ops, br, bc = tile
+            (gk, g0, g1), (pk, p0, p1), (sk, st0, st1) = ops
             _normal_rsample_bwd_2d_kernel[tile_grid(R, D, br, bc)](
                 grad_scale, gz, glp, scale, R, D, g0, g1, p0, p1, st0, st1,
-                *split_to_i32(seed), *split_to_i32(offset), BR=br, BC=bc,
+                *split_to_i32(seed), *split_to_i32(offset), BR=br, BC=bc, IDX64=needs_idx64(R, D, br, ops),
                 HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_PROB=grad_log_prob is not None,
                 GZ_KIND=gk, GLP_KIND=pk, SCALE_KIND=sk, FAST_MATH=fast_math(grad_scale),
             )

@@ -158,7 +158,7 @@ def _stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC: tl.con
                  FAST_MATH: tl.constexpr, PAIRS: tl.constexpr):
     """Normals of the tile rows x [pc*BC, pc*BC + BC) of an output of rows of D elements (D % 4 == 0),
     in stream order (element row*D + col is lane col % 4 of counter (row*D + col) // 4)."""
-    base = _offset64(offset_lo, offset_hi) + (rows[:, None] * (D // 4) + pc * (BC // 4)).to(tl.uint64)
+    base = _offset64(offset_lo, offset_hi) + (rows[:, None] * (D // 4) + pc * (BC // 4)).to(tl.int64).to(tl.uint64)
     if PAIRS:
         even = 2 * tl.arange(0, BC // 8)[None, :]
         a0, a1, a2, a3 = _stream_normals(base, even, seed_lo, seed_hi, IS_FP64, FAST_MATH)
