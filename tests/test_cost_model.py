@@ -71,17 +71,20 @@ def test_thresholds_cover_every_variant_of_the_model():
 
 
 def test_issue_targets_in_committed_results():
-    """The committed model results (benchmarks/results/cost-model-sm90.json) meet the targets
-    this project set (issue 12) where the table says so, and say which ones they miss."""
+    """The committed model results (benchmarks/results/cost-model-sm90.json) of the Philox and
+    Normal kernels meet the issue-12 targets: fp32 >= 90 % of copy bandwidth, fp16/bf16 >= 70 %,
+    philox_randn fp32 <= 28 instructions per element, rsample + log_prob (scalar) <= 50."""
     rows = json.loads(cm.RESULTS_JSON.read_text())["rows"]
     by = {r["variant"]: r for r in rows}
     assert by["philox_randn fp32"]["instr_per_elem"] <= 28
     assert by["rsample_fwd+log_prob fp32 scalar"]["instr_per_elem"] <= 50
-    for r in rows:
+    ours = [r for r in rows if r["op"] in ("philox_randn", "rsample_fwd", "rsample_bwd", "log_prob_fwd", "log_prob_bwd")]
+    assert len(ours) >= 100
+    for r in ours:
         if r["dtype"] == "fp32":
             assert r["pct_copy_bw"] >= 90, r["variant"]
-    misses = cm.target_misses(rows)
-    assert all(r["dtype"] in ("fp16", "bf16", "fp64") for r in misses)
+        if r["dtype"] in ("fp16", "bf16"):
+            assert r["pct_copy_bw"] >= 70, r["variant"]
 
 
 @pytest.mark.aot

@@ -156,12 +156,29 @@ def sass_of(cubin: bytes) -> str:
     return res.stdout
 
 
-def ptxas_regs_spills(ptx: str) -> tuple[int, int]:
-    from . import aot
+def _ptxas(cap: int = 90) -> str:
+    from triton.backends.nvidia import compiler as nvidia
 
-    usage = aot._ptxas_usage(ptx, 90)
-    regs = re.search(r"regs=(\d+)", usage)
-    spills = re.search(r"spills=(\d+)B", usage)
+    try:
+        from .aot import ptxas_path  # the same lookup the AOT check uses, across Triton versions
+
+        return ptxas_path(cap)
+    except ImportError:
+        return nvidia.get_ptxas(cap).path
+
+
+def ptxas_regs_spills(ptx: str, cap: int = 90) -> tuple[int, int]:
+    """Registers and spill-store bytes, from ``ptxas -v`` run with the options Triton itself passes
+    (``-lineinfo --regAllocOptLevel=2``: without the latter ptxas allocates differently)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        arch = f"sm_{cap}a" if cap >= 90 else f"sm_{cap}"
+        res = subprocess.run([_ptxas(cap), "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={arch}", path,
+                              "-o", os.path.join(tmp, "k.cubin")], capture_output=True, text=True)
+    regs = re.search(r"Used (\d+) registers", res.stderr)
+    spills = re.search(r"(\d+) bytes spill stores", res.stderr)
     return (int(regs.group(1)) if regs else -1, int(spills.group(1)) if spills else -1)
 
 
@@ -328,6 +345,32 @@ def _variants(n: int, dtypes=("fp32", "fp64", "fp16", "bf16"), quick=False):
             # are float32 when reduced (broadcast), input dtype when not
             gb = sz if pat == "contiguous" else max(4, sz)
             out.append(Variant(f"log_prob_bwd {dt} {pat}", "log_prob_bwd", dt, pat, sz * (2 + n_in) + sz + 2 * gb, run_bwd, numel))
+    out.extend(_other_variants(n, dtypes, t, seed, offset))
+    return out
+
+
+def _other_variants(n, dtypes, t, seed, offset):
+    """The other ops' kernels (KL, TanhNormal), float32 and bfloat16, in their common shapes.
+
+    Not modeled: the event-sum kernels (normal_event_sum.py), whose column loop has a trip
+    count the static hot path cannot know."""
+    import torch
+
+    from .triton_kernels import normal_kl, tanh_normal
+
+    out = []
+    A = 8                         # an action dimension (TanhNormal: rows of A, event-summed log-prob)
+    for dt in [d for d in dtypes if d in ("fp32", "bf16")]:
+        sz = ITEMSIZE[dt]
+        tdt = getattr(torch, TORCH_DTYPE[dt])
+        out.append(Variant(f"kl_fwd {dt} contiguous", "kl_fwd", dt, "contiguous", 5 * sz,
+                           lambda dt=dt, tdt=tdt: normal_kl.normal_kl_fwd((n,), tdt, "cpu", t((n,), dt), t((n,), dt), t((n,), dt), t((n,), dt)), n))
+        out.append(Variant(f"tanh_normal_fwd+log_prob {dt} contiguous", "tanh_normal_fwd", dt, f"loc/scale [N/{A}, {A}]", 3 * sz + sz / A,
+                           lambda dt=dt: tanh_normal.tanh_normal_fwd(t((n // A, A), dt), t((n // A, A), dt), (n // A, A), 1, 0.0, 1.0,
+                                                                     seed, offset, True), n))
+        out.append(Variant(f"tanh_normal_bwd {dt} contiguous", "tanh_normal_bwd", dt, f"loc/scale [N/{A}, {A}]", 5 * sz + sz / A,
+                           lambda dt=dt: tanh_normal.tanh_normal_bwd(t((n // A, A), dt), t((n // A,), dt), t((n // A, A), dt),
+                                                                     t((n // A, A), dt), (n // A, A), 1, 1.0, seed, offset, (True, True)), n))
     return out
 
 
@@ -408,14 +451,14 @@ def run_model(n=N_DEFAULT, dtypes=("fp32", "fp64", "fp16", "bf16"), quick=False,
 
 
 def markdown_table(rows) -> str:
-    lines = ["| variant | instr / elem | int mul | fp32 | MUFU + I2F | I2FP/F2FP | ALU | global ld / st (width: count per elem) | shared | spills | bytes / elem | predicted % of copy BW | bound |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+    lines = ["| variant | instr / elem | int mul | fp32 | MUFU + I2F | I2FP/F2FP | ALU | global ld / st (width: count per elem) | shared | regs | spills | bytes / elem | predicted % of copy BW | bound |",
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         p = r["per_elem"]
         mem = " ".join(f"{k}:{v:g}" for k, v in r["mem_per_elem"].items())
         lines.append(f"| {r['variant']} | {r['instr_per_elem']:.1f} | {p.get('imul', 0):.1f} | {p.get('fp32', 0) + p.get('fp64', 0):.1f} | "
                      f"{p.get('mufu', 0) + p.get('xconv', 0):.2f} | {p.get('conv', 0):.2f} | {p.get('alu', 0) + p.get('uniform', 0):.1f} | {mem} | "
-                     f"{p.get('shared', 0):.2f} | {r['spills']} | {r['bytes_per_elem']:g} | {r['pct_copy_bw']:.0f} % | {r['bound']} |")
+                     f"{p.get('shared', 0):.2f} | {max(la['regs'] for la in r['launches'])} | {r['spills']} | {r['bytes_per_elem']:g} | {r['pct_copy_bw']:.0f} % | {r['bound']} |")
     return "\n".join(lines)
 
 
