@@ -4,7 +4,6 @@ import pytest
 import torch
 from helpers import TOLERANCES, assert_close
 
-import torchdist_fast  # noqa: F401
 from torchdist_fast import reference, rng
 from torchdist_fast.triton_kernels import layout
 

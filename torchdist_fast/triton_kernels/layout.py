@@ -20,10 +20,6 @@ def block_counters(dtype) -> int:
     return 256 if dtype == torch.float64 else 1024
 
 
-def grid_for(numel: int, block: int):
-    return (triton.cdiv(numel, 4 * block),)
-
-
 def launch_splits(numel: int, block_elems: int):
     """[(programs, numel argument, first program)] covering ``numel`` elements, vector access kept.
 
