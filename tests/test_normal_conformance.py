@@ -333,8 +333,11 @@ def test_kl_closed_form_against_monte_carlo(mode):
     diff = p.log_prob(x) - q.log_prob(x)
     se = diff.std(0) / math.sqrt(n)
     assert ((diff.mean(0) - kl).abs() < 5 * se + 1e-3).all(), (diff.mean(0), kl)
-    assert_close(kl, kl_divergence(TorchNormal(p.loc, p.scale), TorchNormal(q.loc, q.scale)), 0, 0)
-    assert (kl_divergence(p, p) == 0).all()
+    # the default CPU mode is torch's KL bit for bit; the Philox modes use the fused KL's formula
+    exact = mode == "torch"
+    tol = 0 if exact else 1e-12
+    assert_close(kl, kl_divergence(TorchNormal(p.loc, p.scale), TorchNormal(q.loc, q.scale)), tol, tol)
+    assert (kl_divergence(p, p).abs() <= tol).all()
 
 
 # ------------------------------------------------------------------------------ constraints and validation
