@@ -41,3 +41,15 @@ def cpu_kernel(request):
 def _gpu_marker(request):
     if request.node.get_closest_marker("gpu") and not HAS_CUDA:
         pytest.skip("needs a CUDA device")
+
+
+@pytest.fixture
+def poisoned_empty(monkeypatch):
+    """torch.empty returns NaN-filled (float) or -7 filled (int) memory: unwritten elements show."""
+    real_empty = torch.empty
+
+    def empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float("nan") if t.is_floating_point() else -7)
+
+    monkeypatch.setattr(torch, "empty", empty)

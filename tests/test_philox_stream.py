@@ -85,13 +85,3 @@ def test_float64_uses_53_bits():
     assert u.item() == (m + 0.5) * 2.0**-53
 
 
-@pytest.fixture
-def poisoned_empty(monkeypatch):
-    """torch.empty returns NaN-filled (float) or -7 filled (int) memory: unwritten elements show."""
-    real_empty = torch.empty
-
-    def empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        return t.fill_(float("nan") if t.is_floating_point() else -7)
-
-    monkeypatch.setattr(torch, "empty", empty)

@@ -40,17 +40,6 @@ def make(case, dtype, requires_grad=False, seed=0):
     return loc, scale, list(sample_shape), k, low, high
 
 
-@pytest.fixture
-def poisoned_empty(monkeypatch):
-    real_empty = torch.empty
-
-    def empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        return t.fill_(float("nan") if t.is_floating_point() else -7)
-
-    monkeypatch.setattr(torch, "empty", empty)
-
-
 def reference_of(loc, scale, sample_shape, k, low, high, with_log_prob=True):
     full = tuple(sample_shape) + tuple(torch.broadcast_shapes(loc.shape, scale.shape))
     eps = noise(full, *rng.unpack_seed_offset(SO), loc.dtype, "cpu")

@@ -62,6 +62,23 @@ def _tanh_parts(u):
     return y, one_minus_y2, log_one_minus_y2
 
 
+@triton.jit
+def _tile(pid, rows, D, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2,
+          scale_t3, seed_lo, seed_hi, offset_lo, offset_hi, BR: tl.constexpr, DP: tl.constexpr, NC: tl.constexpr,
+          IS_FP64: tl.constexpr, FAST_MATH: tl.constexpr):
+    """What forward and backward share for program ``pid``: the tile's noise, its rows, mask and
+    flat element indices, and loc / scale at those elements, in the compute dtype."""
+    CDT: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
+    eps, local = _tile_noise(pid, D, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH)
+    row = pid * BR + tl.arange(0, BR)
+    mask = (row < rows)[:, None] & (tl.arange(0, DP) < D)[None, :]
+    e = pid * BR * D + local
+    loc = tl.load(loc_ptr + _broadcast_offset(e, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3), mask=mask, other=0.0).to(CDT)
+    scale = tl.load(scale_ptr + _broadcast_offset(e, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3),
+                    mask=mask, other=1.0).to(CDT)
+    return eps.to(CDT), row, mask, e, loc, scale
+
+
 @triton.jit(do_not_specialize=_SEED_ARGS)
 def _tanh_normal_fwd_kernel(
     a_ptr, lp_ptr, loc_ptr, scale_ptr, rows, D,
@@ -73,14 +90,9 @@ def _tanh_normal_fwd_kernel(
     pid = tl.program_id(0).to(tl.int64)
     IS_FP64: tl.constexpr = a_ptr.dtype.element_ty == tl.float64
     CDT: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    eps, local = _tile_noise(pid, D, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH)
-    row = pid * BR + tl.arange(0, BR)
-    mask = (row < rows)[:, None] & (tl.arange(0, DP) < D)[None, :]
-    e = pid * BR * D + local
-    loc = tl.load(loc_ptr + _broadcast_offset(e, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3), mask=mask, other=0.0).to(CDT)
-    scale = tl.load(scale_ptr + _broadcast_offset(e, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3),
-                    mask=mask, other=1.0).to(CDT)
-    eps = eps.to(CDT)
+    eps, row, mask, e, loc, scale = _tile(
+        pid, rows, D, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2,
+        scale_t3, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH)
     u = loc + scale * eps
     if SQUASH:
         y, _one_minus_y2, log_one_minus_y2 = _tanh_parts(u)
@@ -109,14 +121,9 @@ def _tanh_normal_bwd_kernel(
     pid = tl.program_id(0).to(tl.int64)
     IS_FP64: tl.constexpr = loc_ptr.dtype.element_ty == tl.float64
     CDT: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    eps, local = _tile_noise(pid, D, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH)
-    row = pid * BR + tl.arange(0, BR)
-    mask = (row < rows)[:, None] & (tl.arange(0, DP) < D)[None, :]
-    e = pid * BR * D + local
-    loc = tl.load(loc_ptr + _broadcast_offset(e, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3), mask=mask, other=0.0).to(CDT)
-    scale = tl.load(scale_ptr + _broadcast_offset(e, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3),
-                    mask=mask, other=1.0).to(CDT)
-    eps = eps.to(CDT)
+    eps, row, mask, e, loc, scale = _tile(
+        pid, rows, D, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2,
+        scale_t3, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH)
     gu = tl.zeros([BR, DP], dtype=CDT)
     g_scale = tl.zeros([BR, DP], dtype=CDT)
     if SQUASH:
