@@ -157,7 +157,8 @@ def _cuda_like_row(monkeypatch, fn, event_s):
 
 def test_gpu_rows_have_wall_host_and_the_host_bound_flag(monkeypatch):
     slow_host = _cuda_like_row(monkeypatch, lambda *a: time.sleep(0.02), event_s=1e-5)
-    assert slow_host.median_s == 1e-5 and slow_host.host_s >= 0.015 and slow_host.wall_s >= slow_host.host_s
+    # wall and host are measured in separate loops, so either may come out a little ahead
+    assert slow_host.median_s == 1e-5 and slow_host.host_s >= 0.015 and slow_host.wall_s >= 0.015
     assert slow_host.host_bound is True
     # a call that returns at once while the (pretend) GPU is busy: wall is set by the device
     monkeypatch.setattr(bench, "_sync", lambda device: time.sleep(0.2))
