@@ -184,6 +184,23 @@ TDF_HOST_DEVICE int valid_in_counter(int64_t i0, int64_t numel) {
   return numel - i0 < 4 ? static_cast<int>(numel - i0) : 4;
 }
 
+// ------------------------------------------------------------------------------ stream position
+// The Philox key and first counter of a launch: the launch's own values, or, when `position` is
+// set, the int64 pair [seed, offset] in device memory. The latter is what a CUDA graph captures:
+// the pair is written at replay time (draw_position in normal_ops.cu), so every replay draws new
+// noise, and nothing is read on the host.
+struct Stream {
+  uint64_t offset;
+  uint32_t k0, k1;
+};
+
+template <class Args>
+TDF_HOST_DEVICE Stream stream_of(const Args& a) {
+  if (a.position == nullptr) return Stream{a.offset, a.k0, a.k1};
+  const uint64_t seed = static_cast<uint64_t>(a.position[0]);
+  return Stream{static_cast<uint64_t>(a.position[1]), seed_lo(seed), seed_hi(seed)};
+}
+
 // ------------------------------------------------------------------------------ philox_randn
 template <class T>
 struct RandnArgs {
@@ -192,6 +209,7 @@ struct RandnArgs {
   uint64_t offset;
   uint32_t k0, k1;
   bool vec;
+  const int64_t* position = nullptr;  // see stream_of
 };
 
 template <class T>
@@ -199,7 +217,8 @@ TDF_HOST_DEVICE void philox_randn_thread(const RandnArgs<T>& a, int64_t c) {
   const int64_t i0 = 4 * c;
   if (i0 >= a.numel) return;
   acc_t<T> z[4];
-  stream_normals(a.offset + static_cast<uint64_t>(c), a.k0, a.k1, z);
+  const Stream st = stream_of(a);
+  stream_normals(st.offset + static_cast<uint64_t>(c), st.k0, st.k1, z);
   store4(a.out, i0, valid_in_counter(i0, a.numel), a.vec, z);
 }
 
@@ -214,6 +233,7 @@ struct RsampleFwdArgs {
   uint64_t offset;
   uint32_t k0, k1;
   bool vec;  // z and log_prob 4-element aligned
+  const int64_t* position = nullptr;  // see stream_of
 };
 
 template <class T, int NDIM>
@@ -223,7 +243,8 @@ TDF_HOST_DEVICE void rsample_fwd_thread(const RsampleFwdArgs<T>& a, int64_t c) {
   if (i0 >= a.numel) return;
   const int n = valid_in_counter(i0, a.numel);
   A eps[4], loc[4], scale[4], z[4];
-  stream_normals(a.offset + static_cast<uint64_t>(c), a.k0, a.k1, eps);
+  const Stream st = stream_of(a);
+  stream_normals(st.offset + static_cast<uint64_t>(c), st.k0, st.k1, eps);
   const Pos<NDIM> p = unravel<NDIM>(i0, a.layout);
   load4(a.loc, a.layout, p, n, loc, A(0));
   load4(a.scale, a.layout, p, n, scale, A(1));
@@ -252,6 +273,7 @@ struct RsampleBwdArgs {
   int64_t numel;
   uint64_t offset;
   uint32_t k0, k1;
+  const int64_t* position = nullptr;  // see stream_of
 };
 
 template <class T, int NDIM>
@@ -264,7 +286,8 @@ TDF_HOST_DEVICE void rsample_bwd_thread(const RsampleBwdArgs<T>& a, int64_t c) {
   const Pos<NDIM> p = unravel<NDIM>(i0, a.layout);
   if (a.has_grad_z) {
     A eps[4], gz[4];
-    stream_normals(a.offset + static_cast<uint64_t>(c), a.k0, a.k1, eps);
+    const Stream st = stream_of(a);
+    stream_normals(st.offset + static_cast<uint64_t>(c), st.k0, st.k1, eps);
     load4(a.grad_z, a.layout, p, n, gz, A(0));
 #if defined(__CUDA_ARCH__)
 #pragma unroll

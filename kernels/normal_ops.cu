@@ -27,9 +27,14 @@
 #include <torch/library.h>
 
 #if !defined(TDF_HOST_EMULATION)
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <ATen/cuda/PhiloxUtils.cuh>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include <mutex>
+#include <tuple>
 #endif
 
 #include <cstdint>
@@ -202,6 +207,17 @@ T* mutable_data_of(const at::Tensor& t) {
   return reinterpret_cast<T*>(t.mutable_data_ptr());
 }
 
+// The stream position in device memory (the int64 pair [seed, offset] on the launch's device), or
+// nullptr when the launch's seed and offset arguments hold it (Stream in normal_kernels.cuh).
+const int64_t* position_of(const std::optional<at::Tensor>& position, const at::Device& device, const char* op) {
+  if (!position.has_value() || !position->defined()) return nullptr;
+  const at::Tensor& p = *position;
+  TORCH_CHECK(p.scalar_type() == at::kLong && p.dim() == 1 && p.size(0) == 2 && p.is_contiguous() && p.device() == device,
+              op, ": position must be a contiguous int64 tensor [seed, offset] on ", device, ", got ", p.scalar_type(), " ",
+              p.sizes(), " on ", p.device());
+  return p.const_data_ptr<int64_t>();
+}
+
 at::Tensor reduce_to(const at::Tensor& t, at::IntArrayRef shape, at::ScalarType dtype) {
   // sum over broadcast dims (in the compute dtype the buffer holds), then to the input's dtype
   at::Tensor r = t.sizes() == shape ? t : at::sum_to(t, shape);
@@ -211,7 +227,8 @@ at::Tensor reduce_to(const at::Tensor& t, at::IntArrayRef shape, at::ScalarType 
 }  // namespace
 
 // ------------------------------------------------------------------------------------ launchers
-at::Tensor philox_randn(at::IntArrayRef size, int64_t seed, int64_t offset, at::ScalarType dtype, at::Device device) {
+at::Tensor philox_randn(at::IntArrayRef size, int64_t seed, int64_t offset, at::ScalarType dtype, at::Device device,
+                        const std::optional<at::Tensor>& position) {
   TORCH_CHECK(TDF_DEVICE_OK(device), "torchdist_fast_cuda.philox_randn: device must be CUDA, got ", device);
   for (const auto s : size) TORCH_CHECK(s >= 0, "Trying to create tensor with negative dimension ", s, ": ", size);
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
@@ -230,13 +247,15 @@ at::Tensor philox_randn(at::IntArrayRef size, int64_t seed, int64_t offset, at::
     a.k0 = k0;
     a.k1 = k1;
     a.vec = aligned4<scalar_t>(a.out);
+    a.position = position_of(position, device, "torchdist_fast_cuda.philox_randn");
     launch_philox_randn(a);
   });
   return out;
 }
 
 std::vector<at::Tensor> normal_rsample_fwd(const at::Tensor& loc, const at::Tensor& scale, at::IntArrayRef sample_shape,
-                                           int64_t seed, int64_t offset, bool with_log_prob) {
+                                           int64_t seed, int64_t offset, bool with_log_prob,
+                                           const std::optional<at::Tensor>& position) {
   check_float(loc, "loc");
   check_same(loc, scale, "scale");
   TDF_DEVICE_GUARD(loc.device());
@@ -264,6 +283,7 @@ std::vector<at::Tensor> normal_rsample_fwd(const at::Tensor& loc, const at::Tens
       a.k0 = k0;
       a.k1 = k1;
       a.vec = aligned4<scalar_t>(a.z) && (a.log_prob == nullptr || aligned4<scalar_t>(a.log_prob));
+      a.position = position_of(position, loc.device(), "torchdist_fast_cuda.normal_rsample_fwd");
       dispatch_ndim(plan.ndim, [&](auto nd) { launch_rsample_fwd<scalar_t, decltype(nd)::value>(a); });
     });
   }
@@ -272,7 +292,8 @@ std::vector<at::Tensor> normal_rsample_fwd(const at::Tensor& loc, const at::Tens
 }
 
 at::Tensor normal_rsample_bwd(const std::optional<at::Tensor>& grad_z, const std::optional<at::Tensor>& grad_log_prob,
-                              const at::Tensor& scale, int64_t seed, int64_t offset) {
+                              const at::Tensor& scale, int64_t seed, int64_t offset,
+                              const std::optional<at::Tensor>& position) {
   check_float(scale, "scale");
   const bool has_gz = grad_z.has_value() && grad_z->defined();
   const bool has_glp = grad_log_prob.has_value() && grad_log_prob->defined();
@@ -309,6 +330,7 @@ at::Tensor normal_rsample_bwd(const std::optional<at::Tensor>& grad_z, const std
       a.offset = static_cast<uint64_t>(offset);
       a.k0 = k0;
       a.k1 = k1;
+      a.position = position_of(position, scale.device(), "torchdist_fast_cuda.normal_rsample_bwd");
       dispatch_ndim(plan.ndim, [&](auto nd) { launch_rsample_bwd<scalar_t, decltype(nd)::value>(a); });
     });
   }
@@ -399,19 +421,23 @@ namespace {
 // this BackendSelect kernel picks it from `device` and redispatches (a CPU device then fails with
 // the dispatcher's usual "Could not run ... with arguments from the 'CPU' backend").
 at::Tensor philox_randn_backend_select(at::IntArrayRef size, int64_t seed, int64_t offset, at::ScalarType dtype,
-                                       at::Device device) {
+                                       at::Device device, const std::optional<at::Tensor>& position) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow(TDF_NAMESPACE "::philox_randn", "")
-                       .typed<at::Tensor(at::IntArrayRef, int64_t, int64_t, at::ScalarType, at::Device)>();
+                       .typed<at::Tensor(at::IntArrayRef, int64_t, int64_t, at::ScalarType, at::Device,
+                                         const std::optional<at::Tensor>&)>();
   const c10::DispatchKeySet ks(c10::computeDispatchKey(dtype, std::nullopt, device));
-  return op.redispatch(ks, size, seed, offset, dtype, device);
+  return op.redispatch(ks, size, seed, offset, dtype, device, position);
 }
 
 // The schemas mirror the Python launchers (torchdist_fast/cuda_backend.py).
 void define_ops(torch::Library& m) {
-  m.def("philox_randn(int[] size, int seed, int offset, ScalarType dtype, Device device) -> Tensor");
-  m.def("normal_rsample_fwd(Tensor loc, Tensor scale, int[] sample_shape, int seed, int offset, bool with_log_prob) -> Tensor[]");
-  m.def("normal_rsample_bwd(Tensor? grad_z, Tensor? grad_log_prob, Tensor scale, int seed, int offset) -> Tensor");
+  // position: the int64 pair [seed, offset] on the device, read by the kernels instead of seed/offset
+  m.def("philox_randn(int[] size, int seed, int offset, ScalarType dtype, Device device, Tensor? position=None) -> Tensor");
+  m.def("normal_rsample_fwd(Tensor loc, Tensor scale, int[] sample_shape, int seed, int offset, bool with_log_prob, "
+        "Tensor? position=None) -> Tensor[]");
+  m.def("normal_rsample_bwd(Tensor? grad_z, Tensor? grad_log_prob, Tensor scale, int seed, int offset, "
+        "Tensor? position=None) -> Tensor");
   m.def("normal_log_prob_fwd(Tensor value, Tensor loc, Tensor scale) -> Tensor");
   m.def("normal_log_prob_bwd(Tensor grad, Tensor value, Tensor loc, Tensor scale, bool[] output_mask) -> Tensor[]");
 }
@@ -431,9 +457,53 @@ void impl_backend_select(torch::Library& m) { m.impl("philox_randn", TORCH_FN(ph
 }  // namespace tdf
 
 #if !defined(TDF_HOST_EMULATION)
-TORCH_LIBRARY(torchdist_fast_cuda, m) { tdf::define_ops(m); }
+namespace tdf {
+
+__global__ void stream_position_kernel(at::PhiloxCudaState state, int64_t* out) {
+  const auto seed_offset = at::cuda::philox::unpack(state);
+  out[0] = static_cast<int64_t>(std::get<0>(seed_offset));
+  out[1] = static_cast<int64_t>(std::get<1>(seed_offset));
+}
+
+namespace {
+
+// The stream position of a draw of `counters` Philox counters from `generator` (else the default
+// generator of `device`), as the int64 pair [seed, offset] written on the device by a one-thread
+// kernel; the generator is advanced by `counters` rounded up to a multiple of 4, the rule of the
+// host path (torchdist_fast/rng.py). Through philox_cuda_state this is CUDA-graph safe: under
+// capture the kernel reads the generator's device-side seed and offset at replay and adds the
+// offset this draw holds within the graph, and each replay advances the generator by the graph's
+// total (Note [CUDA Graph-safe RNG states] in ATen/cuda/CUDAGeneratorImpl.h). Eager, the same
+// kernel writes the values read at launch, so eager and captured draws agree for a generator state.
+at::Tensor draw_position(const std::optional<at::Generator>& generator, int64_t counters, at::Device device) {
+  TORCH_CHECK(device.is_cuda(), "torchdist_fast_cuda.draw_position: device must be CUDA, got ", device);
+  TORCH_CHECK(counters >= 0, "torchdist_fast_cuda.draw_position: counters must be non-negative, got ", counters);
+  const c10::cuda::CUDAGuard guard(device);
+  auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(
+      generator, at::cuda::detail::getDefaultCUDAGenerator(device.index()));
+  at::PhiloxCudaState state;
+  {
+    // Note [Acquire lock when using random generators]
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    state = gen->philox_cuda_state(static_cast<uint64_t>((counters + 3) / 4 * 4));
+  }
+  at::Tensor out = at::empty({2}, at::TensorOptions().dtype(at::kLong).device(device));
+  stream_position_kernel<<<1, 1, 0, c10::cuda::getCurrentCUDAStream()>>>(state, out.mutable_data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace
+}  // namespace tdf
+
+TORCH_LIBRARY(torchdist_fast_cuda, m) {
+  tdf::define_ops(m);
+  m.def("draw_position(Generator? generator, int counters, Device device) -> Tensor");
+}
 TORCH_LIBRARY_IMPL(torchdist_fast_cuda, BackendSelect, m) { tdf::impl_backend_select(m); }
 TORCH_LIBRARY_IMPL(torchdist_fast_cuda, CUDA, m) { tdf::impl_ops(m); }
+// no tensor argument to dispatch on: one kernel for every key
+TORCH_LIBRARY_IMPL(torchdist_fast_cuda, CompositeExplicitAutograd, m) { m.impl("draw_position", TORCH_FN(tdf::draw_position)); }
 
 // The extension is a Python module only so that `import torchdist_fast._cuda_backend` loads the
 // shared library (and with it the registrations above); it defines no Python functions.

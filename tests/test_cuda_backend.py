@@ -29,7 +29,7 @@ import pytest
 import torch
 from helpers import TOLERANCES, assert_close, kat_rows
 
-from torchdist_fast import cuda_backend, reference
+from torchdist_fast import cuda_backend, reference, rng
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = ROOT / "kernels"
@@ -379,9 +379,12 @@ def test_schemas_mirror_the_python_launchers(host_ops):
     schemas = {name: str(getattr(host_ops, name).default._schema).split("::", 1)[1] for name in
                ("philox_randn", "normal_rsample_fwd", "normal_rsample_bwd", "normal_log_prob_fwd", "normal_log_prob_bwd")}
     assert schemas == {
-        "philox_randn": "philox_randn(int[] size, int seed, int offset, ScalarType dtype, Device device) -> Tensor",
-        "normal_rsample_fwd": "normal_rsample_fwd(Tensor loc, Tensor scale, int[] sample_shape, int seed, int offset, bool with_log_prob) -> Tensor[]",
-        "normal_rsample_bwd": "normal_rsample_bwd(Tensor? grad_z, Tensor? grad_log_prob, Tensor scale, int seed, int offset) -> Tensor",
+        "philox_randn": "philox_randn(int[] size, int seed, int offset, ScalarType dtype, Device device, "
+                        "Tensor? position=None) -> Tensor",
+        "normal_rsample_fwd": "normal_rsample_fwd(Tensor loc, Tensor scale, int[] sample_shape, int seed, int offset, "
+                              "bool with_log_prob, Tensor? position=None) -> Tensor[]",
+        "normal_rsample_bwd": "normal_rsample_bwd(Tensor? grad_z, Tensor? grad_log_prob, Tensor scale, int seed, int offset, "
+                              "Tensor? position=None) -> Tensor",
         "normal_log_prob_fwd": "normal_log_prob_fwd(Tensor value, Tensor loc, Tensor scale) -> Tensor",
         "normal_log_prob_bwd": "normal_log_prob_bwd(Tensor grad, Tensor value, Tensor loc, Tensor scale, bool[] output_mask) -> Tensor[]",
     }
@@ -393,6 +396,24 @@ def launchers_on_host_ops(host_ops, monkeypatch):
     """cuda_backend's launchers, calling the emulated ops (same schemas) instead of the CUDA ones."""
     monkeypatch.setattr(cuda_backend, "_ops", lambda: host_ops)
     return cuda_backend
+
+
+def test_kernels_read_the_stream_position_from_memory(launchers_on_host_ops):
+    """``position``: the pair [seed, offset] the kernels read (on the GPU: from device memory,
+    which a CUDA graph replay rewrites); the same stream as the ints."""
+    cb = launchers_on_host_ops
+    seed, offset = 2**64 - 3, 2**63 + 4
+    pos = rng.pack_seed_offset(seed, offset)
+    loc, scale = torch.randn(3, 8), torch.rand(8) + 0.5
+    assert torch.equal(cb.philox_randn((37,), seed, offset, torch.float32, "cpu"),
+                       cb.philox_randn((37,), 0, 0, torch.float32, "cpu", position=pos))
+    for a, b in zip(cb.normal_rsample_fwd(loc, scale, (2,), seed, offset, True),
+                    cb.normal_rsample_fwd(loc, scale, (2,), 0, 0, True, position=pos)):
+        assert torch.equal(a, b)
+    g = torch.randn(2, 3, 8)
+    assert torch.equal(cb.normal_rsample_bwd(g, g, scale, seed, offset), cb.normal_rsample_bwd(g, g, scale, 0, 0, position=pos))
+    with pytest.raises(RuntimeError, match="position must be a contiguous int64 tensor"):
+        cb.philox_randn((4,), 0, 0, torch.float32, "cpu", position=torch.zeros(3, dtype=torch.int64))
 
 
 def test_launchers_follow_triton_conventions(launchers_on_host_ops):
@@ -463,9 +484,11 @@ def test_cu_files_compile_for_sm80_and_sm90():
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-6000:]
     assert "all kernels compiled" in res.stdout
     lines = [line for line in res.stdout.splitlines() if line.startswith("ok ")]
-    # philox_randn x 4 dtypes, and 4 Normal kernels x 4 dtypes x 3 layouts (NDIM 1, 2, 4), per target
+    # philox_randn x 4 dtypes, 4 Normal kernels x 4 dtypes x 3 layouts (NDIM 1, 2, 4), and the
+    # graph-safe stream position (draw_position's kernel), per target
     for arch in ("sm_80", "sm_90"):
-        assert sum(line.startswith(f"ok {arch} ") for line in lines) == 4 + 4 * 4 * 3, arch
+        assert sum(line.startswith(f"ok {arch} ") for line in lines) == 4 + 4 * 4 * 3 + 1, arch
+        assert any(line.startswith(f"ok {arch} stream_position_kernel ") for line in lines), arch
     for line in lines:
         assert "spill_st=0B spill_ld=0B" in line, line
         kernel = line.split()[2]

@@ -81,7 +81,7 @@ def test_cpu_positions_follow_the_cuda_rule_after_manual_seed():
     torch.manual_seed(2**40 + 9)
     cpu = [rng.unpack_seed_offset(draw_seed_offset(torch.device("cpu"), n)) for n in sizes]
     cuda_like = FakePhiloxGenerator(seed=2**40 + 9)
-    expected = [rng.unpack_seed_offset(rng.take_seed_offset_from(cuda_like, counters_for(n))) for n in sizes]
+    expected = [rng.take_position_from(cuda_like, counters_for(n)) for n in sizes]
     assert cpu == expected
 
 
@@ -138,7 +138,7 @@ def test_offset_generator_never_reuses_a_counter(sizes):
     gen = FakePhiloxGenerator(seed=2**63 + 1, offset=8)
     used = []
     for numel in sizes:
-        seed, offset = rng.unpack_seed_offset(rng.take_seed_offset_from(gen, counters_for(numel)))
+        seed, offset = rng.take_position_from(gen, counters_for(numel))
         assert seed == 2**63 + 1
         used.append((offset, offset + counters_for(numel)))
     for (a0, a1), (b0, b1) in zip(used, used[1:]):

@@ -30,14 +30,39 @@ def test_broadcast_layout_pads_inner_dims_and_falls_back_past_four():
 
     loc = torch.randn(3, 1)
     sizes, strides = broadcast_layout((2, 3, 5), loc)
-    assert sizes[1:] == [3, 5, 1] and len(sizes) == MAX_DIMS  # (2, 3, 5): loc strides (0, 1, 0)
-    assert strides == [[0, 1, 0, 0]]
+    assert sizes[1:] == (3, 5, 1) and len(sizes) == MAX_DIMS  # (2, 3, 5): loc strides (0, 1, 0)
+    assert strides == ((0, 1, 0, 0),)
     # alternating broadcast over 6 dims does not coalesce into 4: expanded copies instead
     a = torch.randn(2, 1, 2, 1, 2, 1)
     b = torch.randn(1, 2, 1, 2, 1, 2)
     assert broadcast_layout((2,) * 6, a, b) is None
     (a2, b2), flat = broadcast_args((2,) * 6, a, b)
     assert a2.is_contiguous() and a2.shape == (2,) * 6 and torch.equal(a2, a.expand(2, 2, 2, 2, 2, 2))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_cached_layout_is_the_one_torchs_expand_gives(seed):
+    """The layouts are cached on (shape, strides); the broadcast strides are computed without
+    expand: they must be expand's, for transposed, sliced, size-1 and zero-size operands too."""
+    from torchdist_fast.triton_kernels.layout import _expanded_stride, broadcast_layout, coalesce
+
+    g = torch.Generator().manual_seed(seed)
+    out = tuple(int(n) for n in torch.randint(0, 4, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g))
+    tensors = []
+    for _ in range(3):
+        keep = torch.rand(len(out), generator=g) < 0.6
+        shape = tuple(n if k else 1 for n, k in zip(out, keep))[int(torch.randint(0, len(out) + 1, (1,), generator=g)):]
+        t = torch.randn(tuple(2 * n + 1 for n in shape)[::-1], generator=g).permute(tuple(reversed(range(len(shape)))))
+        tensors.append(t[tuple(slice(None, n * 2, 2) for n in shape)])  # strided, transposed view
+    for t in tensors:  # on the dims of size > 1: size-1 dims are dropped by coalesce
+        ours, torchs = _expanded_stride(out, tuple(t.shape), t.stride()), t.expand(out).stride()
+        assert [a for a, n in zip(ours, out) if n != 1] == [b for b, n in zip(torchs, out) if n != 1]
+    merged = coalesce(out, [t.expand(out).stride() for t in tensors])
+    layout = broadcast_layout(out, *tensors)
+    assert (layout is None) == (len(merged) > 4)
+    if layout is not None:
+        assert tuple(layout[0][: len(merged)]) == tuple(m[0] for m in merged)
+        assert layout[1] == tuple(tuple(m[1][k] for m in merged) + (0,) * (4 - len(merged)) for k in range(3))
 
 
 @pytest.mark.interpreter

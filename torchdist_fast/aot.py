@@ -32,7 +32,9 @@ def kernel_specs():
         ("philox_randn", philox._philox_randn_kernel, [{"BLOCK": 256}]),
         ("philox_words", philox._philox_words_kernel, [{"BLOCK": 256}]),
         ("normal_rsample_fwd", normal_rsample._normal_rsample_fwd_kernel,
-         [{"BLOCK": 256, "WITH_LOG_PROB": False}, {"BLOCK": 256, "WITH_LOG_PROB": True}]),
+         [{"BLOCK": 256, "WITH_LOG_PROB": False}, {"BLOCK": 256, "WITH_LOG_PROB": True},
+          # the stream position read from device memory (CUDA graph capture, device-side draws)
+          {"BLOCK": 256, "WITH_LOG_PROB": True, "POSITION_IN_MEMORY": True}]),
         ("normal_rsample_bwd", normal_rsample._normal_rsample_bwd_kernel,
          [{"BLOCK": 256, "HAS_GRAD_Z": True, "HAS_GRAD_LOG_PROB": True},
           {"BLOCK": 256, "HAS_GRAD_Z": True, "HAS_GRAD_LOG_PROB": False}]),
@@ -65,8 +67,8 @@ def _signature(kernel, dtype: str, constexprs: dict, contiguous: bool):
         if name in consts:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            # words are int64 tensors; everything else carries the op's float dtype
-            sig[name] = "*i64" if name == "words_ptr" else f"*{dtype}"
+            # words and the stream position are int64 tensors; everything else carries the op's float dtype
+            sig[name] = "*i64" if name in ("words_ptr", "seed_offset_ptr") else f"*{dtype}"
             attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
         elif name in SEED_ARGS:
             sig[name] = "i32"

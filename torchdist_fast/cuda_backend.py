@@ -70,19 +70,31 @@ def _i64(value: int) -> int:
 
 
 # ---------------------------------------------------------------------------- launchers
-def philox_randn(shape, seed: int, offset: int, dtype: torch.dtype, device) -> torch.Tensor:
-    return _ops().philox_randn([int(s) for s in shape], _i64(seed), _i64(offset), dtype, torch.device(device))
+# ``position``: None, or the int64 pair [seed, offset] on the device, which the kernels then read
+# instead of ``seed``/``offset`` (CUDA graphs, torch.compile; see triton_kernels/layout.position_args)
+def philox_randn(shape, seed: int, offset: int, dtype: torch.dtype, device, position=None) -> torch.Tensor:
+    return _ops().philox_randn([int(s) for s in shape], _i64(seed), _i64(offset), dtype, torch.device(device), position)
 
 
-def normal_rsample_fwd(loc, scale, sample_shape, seed: int, offset: int, with_log_prob: bool):
+def normal_rsample_fwd(loc, scale, sample_shape, seed: int, offset: int, with_log_prob: bool, position=None):
     """z, or (z, log_prob(z)) when with_log_prob; shape sample_shape + broadcast(loc, scale)."""
-    out = _ops().normal_rsample_fwd(loc, scale, [int(s) for s in sample_shape], _i64(seed), _i64(offset), bool(with_log_prob))
+    out = _ops().normal_rsample_fwd(loc, scale, [int(s) for s in sample_shape], _i64(seed), _i64(offset),
+                                    bool(with_log_prob), position)
     return (out[0], out[1]) if with_log_prob else out[0]
 
 
-def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int):
+def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int, position=None):
     """grad_scale reduced to scale.shape; either grad may be None (grad_loc needs no kernel)."""
-    return _ops().normal_rsample_bwd(grad_z, grad_log_prob, scale, _i64(seed), _i64(offset))
+    return _ops().normal_rsample_bwd(grad_z, grad_log_prob, scale, _i64(seed), _i64(offset), position)
+
+
+def draw_position(generator, counters: int, device) -> torch.Tensor:
+    """The stream position of a draw as the int64 pair [seed, offset] written on ``device``, the
+    generator advanced by ``counters`` (rounded up to 4): CUDA-graph safe (kernels/normal_ops.cu)."""
+    device = torch.device(device)
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return _ops().draw_position(generator, int(counters), device)
 
 
 def normal_log_prob_fwd(value, loc, scale):

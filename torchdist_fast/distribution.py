@@ -42,7 +42,7 @@ from torch.distributions import Independent, constraints
 from torch.distributions.utils import broadcast_all, lazy_property
 from torch.types import _Number
 
-from . import ops  # noqa: F401  (registers torch.ops.torchdist_fast)
+from . import eager, ops
 from .backend import get_cpu_log_prob, get_cpu_sampling, uses_gpu_kernels
 from .functional import draw_seed_offset
 
@@ -162,6 +162,8 @@ def _sample_params(d, promote: bool):
     if loc.dtype not in _FLOAT_DTYPES or scale.dtype not in _FLOAT_DTYPES:
         return None
     dtype = _promote_float(loc.dtype, scale.dtype) if promote else loc.dtype
+    if loc.dtype == dtype and scale.dtype == dtype:
+        return loc, scale
     return loc.to(dtype), scale.to(dtype)
 
 
@@ -221,6 +223,8 @@ def _rsample(self, sample_shape=torch.Size(), *, generator: torch.Generator | No
         return self.loc + eps * self.scale
     sample_shape = torch.Size(sample_shape)
     numel = _checked_numel(self._extended_shape(sample_shape))
+    if eager.direct_ok(*params):
+        return eager.rsample(*params, sample_shape, numel, generator, with_log_prob=False)
     seed_offset = draw_seed_offset(params[0].device, numel, generator)
     return torch.ops.torchdist_fast.normal_rsample(*params, list(sample_shape), seed_offset)
 
@@ -240,6 +244,8 @@ def _sample(self, sample_shape=torch.Size(), *, generator: torch.Generator | Non
         # torch.normal refuses a negative or NaN std even without validation (on CUDA with
         # a host sync); here asynchronously, on batch_shape elements only
         torch._assert_async((params[1] >= 0).all(), "normal expects all elements of std >= 0.0")
+    if eager.direct_ok(*params):
+        return eager.rsample(*params, sample_shape, numel, generator, with_log_prob=False, grad=False)
     seed_offset = draw_seed_offset(params[0].device, numel, generator)
     with torch.no_grad():
         return torch.ops.torchdist_fast.normal_sample(*params, list(sample_shape), seed_offset)
@@ -259,9 +265,10 @@ def _rsample_and_log_prob(self, sample_shape=torch.Size(), *, generator: torch.G
         return z, _log_prob_unchecked(self, z)
     sample_shape = torch.Size(sample_shape)
     numel = _checked_numel(self._extended_shape(sample_shape))
+    if eager.direct_ok(*params):
+        return eager.rsample(*params, sample_shape, numel, generator, with_log_prob=True)
     seed_offset = draw_seed_offset(params[0].device, numel, generator)
-    z, log_prob = torch.ops.torchdist_fast.normal_rsample_log_prob(*params, list(sample_shape), seed_offset)
-    return z, log_prob
+    return torch.ops.torchdist_fast.normal_rsample_log_prob(*params, list(sample_shape), seed_offset)
 
 
 def _sample_and_log_prob(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None):

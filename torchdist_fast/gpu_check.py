@@ -19,6 +19,9 @@ Stages (each can run alone, each is stopped after --stage-timeout seconds, 600 b
   bench-bf16    the same in bfloat16
   ncu           Nsight Compute: DRAM bytes, time and throughput per kernel at 2^24, and a copy kernel
   cuda-backend  kernels/check_compile.py, build the CUDA C++ backend, its tests on the device
+  graphs        CUDA graph capture tests (graph-safe draws need the backend built above), host time
+                per call (python -m torchdist_fast.host_overhead), SAC / REINFORCE update steps per
+                second: eager, torch.compile, reduce-overhead (python -m torchdist_fast.step_rate)
   vae           the VAE example at batch 65536 for 200 steps, both implementations
 
 Everything goes into one folder (--out): logs/, stages.json, the results JSON and plots, and a
@@ -134,6 +137,15 @@ def _stages() -> dict:
                 Command(_py("-m", "pytest", "tests/test_cuda_backend.py", "-q", "-p", "no:cacheprovider",
                             f"--junitxml={out / 'cuda-backend' / 'junit.xml'}"), NO_INTERPRET)]
 
+    def graphs_cmds(out):
+        # after cuda-backend, whose build gives graph-safe draws (tests/test_cuda_graphs.py)
+        return [Command(_py("-m", "pytest", "tests/test_cuda_graphs.py", "-q", "-p", "no:cacheprovider",
+                            f"--junitxml={out / 'graphs' / 'junit.xml'}"), NO_INTERPRET),
+                Command(_py("-m", "torchdist_fast.host_overhead", "--device", "cuda",
+                            "--json", str(out / "graphs" / "host_overhead.json")), NO_INTERPRET),
+                Command(_py("-m", "torchdist_fast.step_rate", "--device", "cuda",
+                            "--json", str(out / "graphs" / "step_rate.json")), NO_INTERPRET)]
+
     def vae_cmds(out):
         return [Command(_py("-m", "torchdist_fast.examples.vae", "--device", "cuda", "--batch-size", "65536",
                             "--dataset-size", "65536", "--epochs", "200", "--no-progress", "--out", str(out / "vae")),
@@ -148,6 +160,8 @@ def _stages() -> dict:
         Stage("bench-bf16", "the full benchmark, bfloat16, 2^0..2^28", True, (), bench_cmds("bfloat16")),
         Stage("ncu", "Nsight Compute DRAM throughput per kernel at 2^24", True, ("ncu",), ncu_cmds),
         Stage("cuda-backend", "nvcc check, build and test the CUDA C++ backend", True, ("nvcc",), cuda_backend_cmds),
+        Stage("graphs", "CUDA graph capture tests, host time per call, SAC/REINFORCE steps per second", True, (),
+              graphs_cmds),
         Stage("vae", "the VAE example, batch 65536, 200 steps", True, (), vae_cmds),
     ]
     return {s.name: s for s in stages}
@@ -343,6 +357,7 @@ def write_summary(out: Path) -> Path:
         ("Benchmark", "bench", lambda: _bench_section(out)),
         ("Nsight Compute", "ncu", lambda: _ncu_section(out / "ncu" / "ncu.csv")),
         ("CUDA C++ backend", "cuda-backend", lambda: [_junit_counts(out / "cuda-backend" / "junit.xml") or "no junit.xml"]),
+        ("CUDA graphs and per-call cost", "graphs", lambda: _graphs_section(out / "graphs")),
         ("VAE, batch 65536", "vae", lambda: _vae_section(out / "vae" / "vae.json")),
     ):
         ran = [k for k in stages if k == name or k.startswith(name + "-")]
@@ -357,6 +372,16 @@ def write_summary(out: Path) -> Path:
     path = out / "summary.md"
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path
+
+
+def _graphs_section(folder: Path) -> list[str]:
+    from . import host_overhead, step_rate
+
+    lines = [_junit_counts(folder / "junit.xml") or "no junit.xml", ""]
+    for name, fmt in (("host_overhead.json", host_overhead.table), ("step_rate.json", step_rate.table)):
+        path = folder / name
+        lines += [fmt(json.loads(path.read_text())), ""] if path.exists() else [f"no {name}", ""]
+    return lines
 
 
 def _memcheck_lines(path: Path) -> list[str]:

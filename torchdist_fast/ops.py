@@ -3,7 +3,8 @@
 Each op has one implementation that picks, by device, the Triton launcher
 (``triton_kernels/``, or ``cuda_backend`` under gpu_kernel("cuda")) or the reference
 (``reference.py``); see ``backend.uses_gpu_kernels``.
-Random ops take their stream position as a CPU int64 tensor ``seed_offset = [seed, offset]``
+Random ops take their stream position as an int64 tensor ``seed_offset = [seed, offset]`` (on the
+CPU, or on the op's CUDA device, where the kernels read it from memory: ``rng.kernel_position``)
 drawn by ``draw_seed_offset`` (the only op that touches a generator, tagged
 ``nondeterministic_seeded`` so the compiler neither merges nor reorders it). Every other op is
 a pure function of its inputs, which is what lets backward and checkpoint regenerate noise.
@@ -18,22 +19,29 @@ from .backend import get_gpu_kernel, uses_gpu_kernels
 FLOAT_DTYPES = reference.FLOAT_DTYPES
 
 
+_LAUNCHERS: dict = {}
+
+
 def _launchers(device: torch.device):
     """The GPU launchers for ``device``: Triton, or the CUDA C++ backend under gpu_kernel("cuda").
 
     Imported on first use so the package imports (and runs on CPU) without triton.
     """
-    if device.type == "cuda" and get_gpu_kernel() == "cuda":
-        from . import cuda_backend
-
-        return cuda_backend
-    from . import triton_kernels
-
-    return triton_kernels
+    key = device.type == "cuda" and get_gpu_kernel() == "cuda"
+    if key not in _LAUNCHERS:
+        if key:
+            from . import cuda_backend as module
+        else:
+            from . import triton_kernels as module
+        _LAUNCHERS[key] = module
+    return _LAUNCHERS[key]
 
 
 def check_params(*tensors: torch.Tensor) -> None:
     """Same device and one floating dtype, with torch's error types and wording."""
+    first = tensors[0]
+    if all(t.device == first.device and t.dtype == first.dtype for t in tensors) and first.dtype in FLOAT_DTYPES:
+        return  # the common case, without building sets
     devices = {t.device for t in tensors}
     if len(devices) > 1:
         a, b = sorted(map(str, devices))[:2]
@@ -75,7 +83,8 @@ def draw_seed_offset(device, counters, generator=None):
 
 @torch.library.register_fake("torchdist_fast::draw_seed_offset", lib=_LIB)
 def _(device, counters, generator=None):
-    return torch.empty(2, dtype=torch.int64, device="cpu")
+    device = torch.device(device)
+    return torch.empty(2, dtype=torch.int64, device=device if device.type == "cuda" else "cpu")
 
 
 def _mark_ordered(op) -> None:
@@ -102,10 +111,11 @@ def philox_randn(size, seed_offset, dtype, device):
     size = check_shape(size, "size")
     if dtype not in FLOAT_DTYPES:
         raise RuntimeError(f"torchdist_fast.philox_randn: unsupported dtype {dtype}; use float32, float64, float16 or bfloat16")
-    seed, offset = rng.unpack_seed_offset(seed_offset)
     device = torch.device(device)
-    if uses_gpu_kernels(device):
-        return _launchers(device).philox_randn(size, seed, offset, dtype, device)
+    kernels = uses_gpu_kernels(device)
+    seed, offset, position = rng.kernel_position(seed_offset, device, kernels)
+    if kernels:
+        return _launchers(device).philox_randn(size, seed, offset, dtype, device, position=position)
     return reference.philox_randn(size, seed, offset, dtype, device)
 
 
@@ -120,12 +130,31 @@ def _rsample_shape(loc, scale, sample_shape):
     return check_shape(sample_shape, "sample_shape") + reference.broadcast_shape(loc.shape, scale.shape)
 
 
-def _rsample(loc, scale, sample_shape, seed_offset, with_log_prob):
-    _rsample_shape(loc, scale, sample_shape)
-    seed, offset = rng.unpack_seed_offset(seed_offset)
+def rsample_impl(loc, scale, sample_shape, seed: int, offset: int, with_log_prob: bool, position=None, checked=False):
+    """What normal_rsample(_log_prob) computes, with the stream position as two ints, or as the
+    pair in device memory (``position``, GPU kernels only; ``rng.kernel_position``). Also the eager
+    fast path's forward (``eager.py``), which passes ``checked`` (its caller checked the parameters
+    and the sample shape)."""
+    if not checked:
+        _rsample_shape(loc, scale, sample_shape)
     if uses_gpu_kernels(loc.device):
-        return _launchers(loc.device).normal_rsample_fwd(loc, scale, sample_shape, seed, offset, with_log_prob)
+        return _launchers(loc.device).normal_rsample_fwd(loc, scale, sample_shape, seed, offset, with_log_prob,
+                                                         position=position)
     return reference.normal_rsample(loc, scale, sample_shape, seed, offset, with_log_prob)
+
+
+def rsample_backward_impl(grad_z, grad_log_prob, scale, seed: int, offset: int, position=None):
+    """What normal_rsample_backward computes (stream position as in ``rsample_impl``)."""
+    if grad_z is None and grad_log_prob is None:
+        return torch.zeros_like(scale)
+    if uses_gpu_kernels(scale.device):
+        return _launchers(scale.device).normal_rsample_bwd(grad_z, grad_log_prob, scale, seed, offset, position=position)
+    return reference.normal_rsample_backward(grad_z, grad_log_prob, scale, seed, offset)
+
+
+def _rsample(loc, scale, sample_shape, seed_offset, with_log_prob):
+    seed, offset, position = rng.kernel_position(seed_offset, loc.device, uses_gpu_kernels(loc.device))
+    return rsample_impl(loc, scale, sample_shape, seed, offset, with_log_prob, position)
 
 
 _RSAMPLE_SCHEMA = "(Tensor loc, Tensor scale, SymInt[] sample_shape, Tensor seed_offset) -> Tensor"
@@ -172,12 +201,8 @@ def _(loc, scale, sample_shape, seed_offset):
 )
 def normal_rsample_backward(grad_z, grad_log_prob, scale, seed_offset):
     """grad_scale of normal_rsample(_log_prob), regenerating eps; reduced to scale.shape."""
-    if grad_z is None and grad_log_prob is None:
-        return torch.zeros_like(scale)
-    seed, offset = rng.unpack_seed_offset(seed_offset)
-    if uses_gpu_kernels(scale.device):
-        return _launchers(scale.device).normal_rsample_bwd(grad_z, grad_log_prob, scale, seed, offset)
-    return reference.normal_rsample_backward(grad_z, grad_log_prob, scale, seed, offset)
+    return rsample_backward_impl(grad_z, grad_log_prob, scale,
+                                 *rng.kernel_position(seed_offset, scale.device, uses_gpu_kernels(scale.device)))
 
 
 @normal_rsample_backward.register_fake
@@ -193,16 +218,23 @@ def _rsample_setup_context(ctx, inputs, output):
     ctx.save_for_backward(scale, seed_offset)
 
 
-def _rsample_grads(ctx, grad_z, grad_log_prob):
-    scale, seed_offset = ctx.saved_tensors
+def rsample_grads(needs_input_grad, loc_shape, scale, grad_z, grad_log_prob, grad_scale_fn):
+    """(grad_loc, grad_scale) of normal_rsample(_log_prob); ``grad_scale_fn(grad_z, grad_log_prob)``
+    regenerates the noise (the backward op, or ``rsample_backward_impl`` on the eager fast path)."""
     grad_loc = grad_scale = None
-    if ctx.needs_input_grad[0]:
+    if needs_input_grad[0]:
         # log_prob(z) does not depend on loc through the reparameterization: a zero gradient,
         # as torch.distributions gives for log_prob(rsample())
-        grad_loc = reference.reduce_to(grad_z, ctx.loc_shape) if grad_z is not None else scale.new_zeros(ctx.loc_shape)
-    if ctx.needs_input_grad[1]:
-        grad_scale = torch.ops.torchdist_fast.normal_rsample_backward(grad_z, grad_log_prob, scale, seed_offset)
-    return grad_loc, grad_scale, None, None
+        grad_loc = reference.reduce_to(grad_z, loc_shape) if grad_z is not None else scale.new_zeros(loc_shape)
+    if needs_input_grad[1]:
+        grad_scale = grad_scale_fn(grad_z, grad_log_prob)
+    return grad_loc, grad_scale
+
+
+def _rsample_grads(ctx, grad_z, grad_log_prob):
+    scale, seed_offset = ctx.saved_tensors
+    return rsample_grads(ctx.needs_input_grad, ctx.loc_shape, scale, grad_z, grad_log_prob, lambda gz, glp: (
+        torch.ops.torchdist_fast.normal_rsample_backward(gz, glp, scale, seed_offset))) + (None, None)
 
 
 normal_rsample.register_autograd(lambda ctx, grad_z: _rsample_grads(ctx, grad_z, None), setup_context=_rsample_setup_context)
@@ -449,16 +481,17 @@ def _event_rsample_meta(loc, scale, sample_shape, event_dims, low=-1.0, high=1.0
 
 def _event_rsample(loc, scale, sample_shape, event_dims, low, high, seed_offset, with_log_prob, squash):
     full, _ = _event_rsample_meta(loc, scale, sample_shape, event_dims, low, high)
-    seed, offset = rng.unpack_seed_offset(seed_offset)
+    seed, offset, position = rng.kernel_position(seed_offset, loc.device, uses_gpu_kernels(loc.device))
     mid, half = (high + low) / 2, (high - low) / 2
     from . import tanh_normal as tn
 
     if uses_gpu_kernels(loc.device) and tn.fused_kernel_applies(full, event_dims):
         from .triton_kernels.tanh_normal import tanh_normal_fwd
 
-        a, lp = tanh_normal_fwd(loc, scale, full, event_dims, mid, half, seed, offset, with_log_prob, squash)
+        a, lp = tanh_normal_fwd(loc, scale, full, event_dims, mid, half, seed, offset, with_log_prob, squash,
+                                position=position)
     else:
-        eps = tn.noise(full, seed, offset, loc.dtype, loc.device)
+        eps = tn.noise(full, seed, offset, loc.dtype, loc.device, position=position)
         a, lp = tn.reference_tanh_normal(eps, loc, scale, event_dims, mid, half, with_log_prob, squash)
     return a, lp if lp is not None else loc.new_empty(0)
 
@@ -466,16 +499,17 @@ def _event_rsample(loc, scale, sample_shape, event_dims, low, high, seed_offset,
 def _event_rsample_backward(grad_a, grad_log_prob, loc, scale, sample_shape, event_dims, low, high, seed_offset,
                             output_mask, squash):
     full, _ = _event_rsample_meta(loc, scale, sample_shape, event_dims, low, high)
-    seed, offset = rng.unpack_seed_offset(seed_offset)
+    seed, offset, position = rng.kernel_position(seed_offset, loc.device, uses_gpu_kernels(loc.device))
     half = (high - low) / 2
     from . import tanh_normal as tn
 
     if uses_gpu_kernels(loc.device) and tn.fused_kernel_applies(full, event_dims):
         from .triton_kernels.tanh_normal import tanh_normal_bwd
 
-        grads = tanh_normal_bwd(grad_a, grad_log_prob, loc, scale, full, event_dims, half, seed, offset, output_mask, squash)
+        grads = tanh_normal_bwd(grad_a, grad_log_prob, loc, scale, full, event_dims, half, seed, offset, output_mask, squash,
+                                position=position)
     else:
-        eps = tn.noise(full, seed, offset, loc.dtype, loc.device)
+        eps = tn.noise(full, seed, offset, loc.dtype, loc.device, position=position)
         grads = tn.reference_tanh_normal_backward(eps, grad_a, grad_log_prob, loc, scale, event_dims, half, output_mask,
                                                   squash)
     return tuple(g if g is not None else t.new_empty(0) for g, t in zip(grads, (loc, scale)))

@@ -16,8 +16,11 @@ Rules (README "Random numbers"):
   stream: a 64-bit key drawn from the generator, counters from 0. Either way the position is
   a function of the generator state: runs reproduce, and checkpoint recomputation (which
   restores the state) redraws the same noise.
-The pair travels as a CPU int64 tensor ``[seed, offset]`` (64-bit patterns), so that the ops
-that use it are pure functions of their inputs and can be recomputed (backward, checkpoint).
+Through the ops the pair travels as an int64 tensor ``[seed, offset]`` (64-bit patterns), so that
+the ops that use it are pure functions of their inputs and can be recomputed (backward,
+checkpoint): on the CPU for CPU ops, on the device for CUDA ops, where the kernels read it from
+memory (``take_seed_offset``, ``kernel_position``). The eager fast path (``eager.py``) passes
+the two ints straight to the kernels instead.
 """
 from __future__ import annotations
 
@@ -43,6 +46,25 @@ def unpack_seed_offset(seed_offset: torch.Tensor) -> tuple[int, int]:
         )
     seed, offset = seed_offset.tolist()
     return seed & _UINT64, offset & _UINT64
+
+
+def kernel_position(seed_offset: torch.Tensor, device: torch.device, kernels: bool) -> tuple[int, int, torch.Tensor | None]:
+    """(seed, offset, position) for an op on ``device``.
+
+    A pair on ``device`` run by GPU kernels (``kernels``) is handed over as it is: the kernel reads
+    it from memory (``position``), so nothing is read on the host (no sync, and a CUDA graph
+    replays it with the values of the replay). A CPU pair is read on the host. The reference
+    (CPU) implementation takes ints: a CPU pair.
+    """
+    if (kernels and seed_offset.device == device and seed_offset.dtype == torch.int64 and seed_offset.shape == (2,)
+            and seed_offset.is_contiguous()):
+        return 0, 0, seed_offset
+    if seed_offset.device.type != "cpu":
+        raise ValueError(
+            f"seed_offset must be an int64 tensor of shape (2,) on the CPU or on the op's device ({device}), got "
+            f"{seed_offset.dtype} {tuple(seed_offset.shape)} on {seed_offset.device}"
+        )
+    return (*unpack_seed_offset(seed_offset), None)
 
 
 def pack_seed_offset(seed: int, offset: int) -> torch.Tensor:
@@ -72,13 +94,45 @@ def check_generator(generator, device: torch.device) -> None:
         )
 
 
-def take_seed_offset(device: torch.device, counters: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Read (seed, offset) from the generator and advance it past ``counters`` counters."""
-    device = torch.device(device)
+def take_position(device: torch.device, counters: int, generator: torch.Generator | None = None) -> tuple[int, int]:
+    """Read (seed, offset) from the generator as two uint64 ints and advance it past ``counters`` counters."""
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
     check_generator(generator, device)
     if counters < 0:
         raise RuntimeError(f"torchdist_fast: counters must be non-negative, got {counters}")
-    return take_seed_offset_from(generator if generator is not None else default_generator(device), counters)
+    return take_position_from(generator if generator is not None else default_generator(device), counters)
+
+
+def capturing(device: torch.device) -> bool:
+    """Whether work on ``device`` is being captured into a CUDA graph."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def take_seed_offset(device: torch.device, counters: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The stream position as the int64 tensor ``[seed, offset]`` the ops take, the generator
+    advanced as by ``take_position``: on the CPU for a CPU device, on the device for CUDA.
+
+    On CUDA it is written on the device, by the CUDA backend's ``draw_position`` op when that
+    extension is built: under CUDA graph capture it then holds the values of each replay
+    (README, "CUDA graphs"). Without it a host position is copied over (no capture).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return pack_seed_offset(*take_position(device, counters, generator))
+    check_generator(generator, device)
+    if counters < 0:
+        raise RuntimeError(f"torchdist_fast: counters must be non-negative, got {counters}")
+    from . import cuda_backend
+
+    if cuda_backend.available():
+        return cuda_backend.draw_position(generator, counters, device)
+    if capturing(device):
+        raise RuntimeError(
+            "torchdist_fast: sampling under CUDA graph capture reads the generator on the device, which needs the "
+            f"CUDA backend extension: {cuda_backend.unavailable_reason()}"
+        )
+    return pack_seed_offset(*take_position(device, counters, generator)).to(device, non_blocking=True)
 
 
 def advance(counters: int) -> int:
@@ -132,15 +186,15 @@ class CpuStreams:
 _CPU_STREAMS = CpuStreams()
 
 
-def take_seed_offset_from(gen, counters: int) -> torch.Tensor:
+def take_position_from(gen, counters: int) -> tuple[int, int]:
     if gen.device.type == "cpu":
-        return pack_seed_offset(*_CPU_STREAMS.take(gen, counters))
+        return _CPU_STREAMS.take(gen, counters)
     if gen.device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-        # the position is read on the host: a captured graph would replay the same noise
+        # a host position would be baked into the graph: every replay would draw the same noise
         raise RuntimeError(
-            "torchdist_fast: sampling under CUDA graph capture is not supported yet (every replay "
-            "would draw the same noise); sample outside the captured region"
+            "torchdist_fast: a stream position read on the host cannot be captured in a CUDA graph "
+            "(every replay would draw the same noise); under capture it is taken on the device (take_seed_offset)"
         )
     seed, offset = gen.initial_seed(), gen.get_offset()
     gen.set_offset(offset + advance(counters))
-    return pack_seed_offset(seed, offset)
+    return seed, offset

@@ -41,12 +41,13 @@ def fused_kernel_applies(full_shape, event_dims: int) -> bool:
     return d <= MAX_FUSED_EVENT
 
 
-def noise(full_shape, seed: int, offset: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """The Philox normals of the stream at (seed, offset), in the compute dtype."""
+def noise(full_shape, seed: int, offset: int, dtype: torch.dtype, device, position=None) -> torch.Tensor:
+    """The Philox normals of the stream at (seed, offset) (or ``position`` in device memory, for
+    the GPU kernels), in the compute dtype."""
     cdt = reference.compute_dtype(dtype)
     device = torch.device(device)
     if uses_gpu_kernels(device):
-        return ops._launchers(device).philox_randn(tuple(full_shape), seed, offset, cdt, device)
+        return ops._launchers(device).philox_randn(tuple(full_shape), seed, offset, cdt, device, position=position)
     return reference.philox_randn(tuple(full_shape), seed, offset, cdt, device)
 
 

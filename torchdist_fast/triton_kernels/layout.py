@@ -5,12 +5,25 @@ Broadcasting without copies: every input is described by its strides over the ou
 kernel maps a flat output index to an element offset through at most ``MAX_DIMS`` dimensions.
 """
 import contextlib
+import functools
+import math
 import os
 
 import triton
 import triton.language as tl  # noqa: F401  (Triton needs it visible to the jit'd helpers)
 
 MAX_DIMS = 4
+
+
+def cdiv(a: int, b: int) -> int:
+    """``triton.cdiv`` in plain Python: in Triton >= 3.7 that is a ConstexprFunction, whose
+    call from Python costs microseconds, and launchers call it on every launch."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1), like ``triton.next_power_of_2``."""
+    return 1 << (n - 1).bit_length()
 
 
 def block_counters(dtype) -> int:
@@ -32,14 +45,16 @@ def launch_splits(numel: int, block_elems: int):
     bulk = numel - numel % 16
     out = []
     if bulk:
-        out.append((triton.cdiv(bulk, block_elems), bulk, 0))
+        out.append((cdiv(bulk, block_elems), bulk, 0))
     if bulk != numel:
         first = bulk // block_elems
-        out.append((triton.cdiv(numel, block_elems) - first, numel, first))
+        out.append((cdiv(numel, block_elems) - first, numel, first))
     return out
 
 
 _FORCE_FAST_MATH = None
+# Triton reads TRITON_INTERPRET when a kernel is decorated, so its value at import is the one in force
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @contextlib.contextmanager
@@ -61,7 +76,7 @@ def fast_math(tensor) -> bool:
     """
     if _FORCE_FAST_MATH is not None:
         return _FORCE_FAST_MATH
-    return tensor.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+    return tensor.device.type == "cuda" and not _INTERPRETED
 
 
 def split_to_i32(value: int) -> tuple[int, int]:
@@ -73,6 +88,19 @@ def split_to_i32(value: int) -> tuple[int, int]:
     value &= (1 << 64) - 1
     lo, hi = value & 0xFFFFFFFF, value >> 32
     return tuple(w - (1 << 32) if w >= (1 << 31) else w for w in (lo, hi))
+
+
+def position_args(seed: int, offset: int, position, dummy):
+    """The stream-position kernel args ``(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi)``
+    and the POSITION_IN_MEMORY flag.
+
+    ``position``: None, or the int64 pair [seed, offset] on the kernel's device, which the kernel
+    then reads (``seed`` and ``offset`` are ignored); ``dummy``: any tensor of the launch, passed
+    as the unused pointer otherwise.
+    """
+    if position is not None:
+        return (position, 0, 0, 0, 0), True
+    return (dummy, *split_to_i32(seed), *split_to_i32(offset)), False
 
 
 def coalesce(shape, strides_list):
@@ -89,6 +117,32 @@ def coalesce(shape, strides_list):
     return merged
 
 
+def _metas(tensors) -> tuple:
+    """What a layout depends on: each tensor's shape and strides (the cache key of the layouts)."""
+    return tuple((tuple(t.shape), t.stride()) for t in tensors)
+
+
+def _expanded_stride(out_shape, shape, stride) -> tuple:
+    """``t.expand(out_shape).stride()`` from ``t``'s shape and strides (0 along broadcast dims), on
+    every dim of size > 1 (the only ones a layout keeps: ``coalesce`` drops size-1 dims)."""
+    lead = len(out_shape) - len(shape)
+    return (0,) * lead + tuple(0 if n == 1 and o != 1 else st for n, o, st in zip(shape, out_shape[lead:], stride))
+
+
+# Layouts are pure functions of shapes and strides, and the same few recur call after call (a
+# training loop): cached, they cost a dict lookup instead of ~20 us of Python per launch.
+@functools.lru_cache(maxsize=4096)
+def _broadcast_layout(out_shape: tuple, metas: tuple):
+    strides_list = [_expanded_stride(out_shape, shape, stride) for shape, stride in metas]
+    merged = coalesce(out_shape, strides_list)
+    if len(merged) > MAX_DIMS:
+        return None
+    merged = merged + [(1, [0] * len(metas))] * (MAX_DIMS - len(merged))
+    sizes = tuple(m[0] for m in merged)
+    strides = tuple(tuple(m[1][k] for m in merged) for k in range(len(metas)))
+    return sizes, strides
+
+
 def broadcast_layout(out_shape, *tensors):
     """(sizes, strides per tensor), outermost dim first, padded to MAX_DIMS with inner size-1 dims.
 
@@ -98,14 +152,7 @@ def broadcast_layout(out_shape, *tensors):
 
     Returns None when more than MAX_DIMS dimensions remain after coalescing.
     """
-    strides_list = [t.expand(out_shape).stride() for t in tensors]
-    merged = coalesce(out_shape, strides_list)
-    if len(merged) > MAX_DIMS:
-        return None
-    merged = merged + [(1, [0] * len(tensors))] * (MAX_DIMS - len(merged))
-    sizes = [m[0] for m in merged]
-    strides = [[m[1][k] for m in merged] for k in range(len(tensors))]
-    return sizes, strides
+    return _broadcast_layout(tuple(out_shape), _metas(tensors))
 
 
 def broadcast_args(out_shape, *tensors):
@@ -118,11 +165,16 @@ def broadcast_args(out_shape, *tensors):
         # rare: irreducible broadcast pattern across > MAX_DIMS dims; expand to output size
         tensors = tuple(t.expand(out_shape).contiguous() for t in tensors)
         layout = broadcast_layout(out_shape, *tensors)
+    return tensors, layout_args(layout)
+
+
+def layout_args(layout) -> list:
+    """A ``broadcast_layout`` as the kernels' flat args: sizes s1, s2, s3, then 4 strides per tensor."""
     sizes, strides = layout
     flat = list(sizes[1:])
     for st in strides:
         flat.extend(st)
-    return tensors, flat
+    return flat
 
 
 @triton.jit
@@ -153,7 +205,12 @@ def tile_layout(out_shape, *tensors, elements: int, need_d4: bool):
 
     Returns (R, D, [(kind, t0, t1) per tensor], BR, BC); the grid is ``tile_grid``.
     """
-    layout = broadcast_layout(out_shape, *tensors)
+    return _tile_layout(tuple(out_shape), _metas(tensors), elements, need_d4)
+
+
+@functools.lru_cache(maxsize=4096)
+def _tile_layout(out_shape: tuple, metas: tuple, elements: int, need_d4: bool):
+    layout = _broadcast_layout(out_shape, metas)
     if layout is None:
         return None
     sizes, strides = layout
@@ -163,9 +220,9 @@ def tile_layout(out_shape, *tensors, elements: int, need_d4: bool):
     if need_d4 and D % 4:
         return None
     ops = []
-    for t, st in zip(tensors, strides):
+    for (shape, _), st in zip(metas, strides):
         t0, t1 = st[0], st[1]
-        if t.numel() == 1 or (t0 == 0 and t1 == 0):
+        if math.prod(shape) == 1 or (t0 == 0 and t1 == 0):
             kind = SCALAR
         elif t0 == 0:
             kind = ROW
@@ -174,19 +231,19 @@ def tile_layout(out_shape, *tensors, elements: int, need_d4: bool):
         else:
             kind = FULL
         ops.append((kind, t0, t1))
-    bc = min(256, max(16, triton.next_power_of_2(D)))
-    if triton.cdiv(D, bc) > 65535:  # the grid's second dimension
+    bc = min(256, max(16, next_power_of_2(D)))
+    if cdiv(D, bc) > 65535:  # the grid's second dimension
         return None
-    return R, D, ops, max(1, elements // bc), bc
+    return R, D, tuple(ops), max(1, elements // bc), bc
 
 
 def tile_grid(R, D, br, bc):
-    return (triton.cdiv(R, br), triton.cdiv(D, bc))
+    return (cdiv(R, br), cdiv(D, bc))
 
 
 def needs_idx64(R, D, br, ops) -> bool:
     """64-bit index arithmetic when a (padded) flat output index or an operand offset can reach 2**31."""
-    rows = triton.cdiv(R, br) * br
+    rows = cdiv(R, br) * br
     return rows * D >= 2**31 or any(rows * abs(t0) + D * abs(t1) >= 2**31 for _k, t0, t1 in ops)
 
 

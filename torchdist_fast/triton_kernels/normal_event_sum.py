@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from .layout import _broadcast_offset, broadcast_args
+from .layout import _broadcast_offset, broadcast_args, cdiv, next_power_of_2
 
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
 TILE = 2048  # elements per program and chunk: BLOCK_R * BLOCK_C
@@ -50,8 +50,8 @@ def _normal_event_sum_fwd_kernel(
 
 
 def _blocks(rows: int, cols: int) -> tuple[int, int]:
-    block_c = min(triton.next_power_of_2(max(cols, 1)), 256)
-    block_r = min(triton.next_power_of_2(max(rows, 1)), TILE // block_c)
+    block_c = min(next_power_of_2(max(cols, 1)), 256)
+    block_r = min(next_power_of_2(max(rows, 1)), TILE // block_c)
     return block_r, block_c
 
 
@@ -68,7 +68,7 @@ def _launch(full_shape, event_dims, out_dtype, device, value, loc, scale, entrop
         return out.zero_()
     (value, loc, scale), layout = broadcast_args(tuple(full_shape), value, loc, scale)
     block_r, block_c = _blocks(rows, cols)
-    _normal_event_sum_fwd_kernel[(triton.cdiv(rows, block_r),)](
+    _normal_event_sum_fwd_kernel[(cdiv(rows, block_r),)](
         out, value, loc, scale, rows, cols, *layout, BLOCK_R=block_r, BLOCK_C=block_c, ENTROPY=entropy,
     )
     return out

@@ -6,15 +6,19 @@ log(scale) - log(sqrt(2 pi)) comes from the same registers. Backward regenerates
 (it is grad_z, summed over broadcast dimensions); the kernel writes grad_scale elements.
 References: ``reference.normal_rsample`` / ``reference.normal_rsample_backward``.
 """
+import functools
+import math
+
 import torch
 import triton
 import triton.language as tl
 
 from .. import reference
 from ..reference import compute_dtype, reduce_to
-from .layout import (_broadcast_offset, _tile_coords, _tile_operand, block_counters, broadcast_args, fast_math, launch_splits,
-                     split_to_i32, needs_idx64, tile_grid, tile_layout)
-from .philox import _stream_block, _stream_tile
+from .layout import (_broadcast_layout, _broadcast_offset, _metas, _tile_coords, _tile_layout, _tile_operand, block_counters,
+                     broadcast_args, fast_math, launch_splits, layout_args, needs_idx64, position_args, tile_grid,
+                     tile_layout)
+from .philox import _position_words, _stream_block, _stream_tile
 
 _SEED_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi"]
 
@@ -35,10 +39,12 @@ def _operand(ptr, idx, mask, other, SCALAR: tl.constexpr, s1, s2, s3, t0, t1, t2
 def _normal_rsample_fwd_kernel(
     z_ptr, log_prob_ptr, loc_ptr, scale_ptr, numel, pid_base,
     s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
-    seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
     BLOCK: tl.constexpr, WITH_LOG_PROB: tl.constexpr, LOC_SCALAR: tl.constexpr, SCALE_SCALAR: tl.constexpr,
-    FAST_MATH: tl.constexpr,
+    FAST_MATH: tl.constexpr, POSITION_IN_MEMORY: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+                                                             POSITION_IN_MEMORY)
     pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = z_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = z_ptr.dtype.element_ty.primitive_bitwidth == 16
@@ -59,10 +65,12 @@ def _normal_rsample_fwd_kernel(
 def _normal_rsample_bwd_kernel(
     grad_scale_ptr, grad_z_ptr, grad_log_prob_ptr, scale_ptr, numel, pid_base,
     s1, s2, s3, gz_t0, gz_t1, gz_t2, gz_t3, glp_t0, glp_t1, glp_t2, glp_t3, scale_t0, scale_t1, scale_t2, scale_t3,
-    seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
     BLOCK: tl.constexpr, HAS_GRAD_Z: tl.constexpr, HAS_GRAD_LOG_PROB: tl.constexpr, SCALE_SCALAR: tl.constexpr,
-    FAST_MATH: tl.constexpr,
+    FAST_MATH: tl.constexpr, POSITION_IN_MEMORY: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+                                                             POSITION_IN_MEMORY)
     pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = scale_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = scale_ptr.dtype.element_ty.primitive_bitwidth == 16
@@ -83,10 +91,12 @@ def _normal_rsample_bwd_kernel(
 @triton.jit(do_not_specialize=_SEED_ARGS)
 def _normal_rsample_fwd_2d_kernel(
     z_ptr, log_prob_ptr, loc_ptr, scale_ptr, R, D, loc_t0, loc_t1, scale_t0, scale_t1,
-    seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
     BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr, WITH_LOG_PROB: tl.constexpr, LOC_KIND: tl.constexpr,
-    SCALE_KIND: tl.constexpr, FAST_MATH: tl.constexpr,
+    SCALE_KIND: tl.constexpr, FAST_MATH: tl.constexpr, POSITION_IN_MEMORY: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+                                                             POSITION_IN_MEMORY)
     # the output as R rows of D elements, one BR x BC tile per program (layout.tile_layout)
     rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC, IDX64)
     IS_FP64: tl.constexpr = z_ptr.dtype.element_ty == tl.float64
@@ -105,10 +115,13 @@ def _normal_rsample_fwd_2d_kernel(
 @triton.jit(do_not_specialize=_SEED_ARGS)
 def _normal_rsample_bwd_2d_kernel(
     grad_scale_ptr, grad_z_ptr, grad_log_prob_ptr, scale_ptr, R, D,
-    gz_t0, gz_t1, glp_t0, glp_t1, scale_t0, scale_t1, seed_lo, seed_hi, offset_lo, offset_hi,
+    gz_t0, gz_t1, glp_t0, glp_t1, scale_t0, scale_t1, seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
     BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr, HAS_GRAD_Z: tl.constexpr, HAS_GRAD_LOG_PROB: tl.constexpr,
     GZ_KIND: tl.constexpr, GLP_KIND: tl.constexpr, SCALE_KIND: tl.constexpr, FAST_MATH: tl.constexpr,
+    POSITION_IN_MEMORY: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+                                                             POSITION_IN_MEMORY)
     rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC, IDX64)
     IS_FP64: tl.constexpr = scale_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = scale_ptr.dtype.element_ty.primitive_bitwidth == 16
@@ -124,36 +137,52 @@ def _normal_rsample_bwd_2d_kernel(
     tl.store(grad_scale_ptr + idx, grad_scale.to(grad_scale_ptr.dtype.element_ty), mask=mask)
 
 
-def normal_rsample_fwd(loc, scale, sample_shape, seed: int, offset: int, with_log_prob: bool):
+@functools.lru_cache(maxsize=1024)
+def _fwd_plan(out_shape: tuple, metas: tuple, dtype, with_log_prob: bool, fast: bool):
+    """How ``normal_rsample_fwd`` launches for these shapes and strides, computed once per pattern:
+    (tiled, [(grid, shape args)], constexprs), or None when the operands must first be copied
+    (a broadcast that does not coalesce into ``MAX_DIMS`` dims)."""
+    numel = math.prod(out_shape)
+    block = block_counters(dtype)
+    # 16-bit z alone: taller tiles amortize the per-column work (96 registers; with log_prob they would need ~150)
+    wide = dtype.itemsize == 2 and not with_log_prob
+    tile = _tile_layout(out_shape, metas, (8 if wide else 4) * block, True)
+    if tile is not None:
+        R, D, ops, br, bc = tile
+        (lk, lt0, lt1), (sk, st0, st1) = ops
+        constexprs = dict(BR=br, BC=bc, IDX64=needs_idx64(R, D, br, ops), WITH_LOG_PROB=with_log_prob, LOC_KIND=lk,
+                          SCALE_KIND=sk, FAST_MATH=fast)
+        return True, [(tile_grid(R, D, br, bc), (R, D, lt0, lt1, st0, st1))], constexprs
+    layout = _broadcast_layout(out_shape, metas)
+    if layout is None:
+        return None
+    flat = layout_args(layout)
+    constexprs = dict(BLOCK=block, WITH_LOG_PROB=with_log_prob, LOC_SCALAR=math.prod(metas[0][0]) == 1,
+                      SCALE_SCALAR=math.prod(metas[1][0]) == 1, FAST_MATH=fast)
+    launches = [((programs,), (numel_arg, pid_base, *flat)) for programs, numel_arg, pid_base in launch_splits(numel, 4 * block)]
+    return False, launches, constexprs
+
+
+def normal_rsample_fwd(loc, scale, sample_shape, seed: int, offset: int, with_log_prob: bool, position=None):
+    """(z or (z, log_prob)); ``position``: the stream position in device memory instead of
+    ``seed``/``offset`` (``layout.position_args``)."""
     out_shape = tuple(sample_shape) + reference.broadcast_shape(loc.shape, scale.shape)
     z = torch.empty(out_shape, dtype=loc.dtype, device=loc.device)
     log_prob = torch.empty_like(z) if with_log_prob else z
-    numel = z.numel()
-    if numel:
-        block = block_counters(loc.dtype)
-        # 16-bit z alone: taller tiles amortize the per-column work (96 registers; with log_prob they would need ~150)
-        wide = z.element_size() == 2 and not with_log_prob
-        tile = tile_layout(out_shape, loc, scale, elements=(8 if wide else 4) * block, need_d4=True)
-        if tile is not None:
-            R, D, ops, br, bc = tile
-            (lk, lt0, lt1), (sk, st0, st1) = ops
-            _normal_rsample_fwd_2d_kernel[tile_grid(R, D, br, bc)](
-                z, log_prob, loc, scale, R, D, lt0, lt1, st0, st1, *split_to_i32(seed), *split_to_i32(offset),
-                BR=br, BC=bc, IDX64=needs_idx64(R, D, br, ops), WITH_LOG_PROB=with_log_prob, LOC_KIND=lk, SCALE_KIND=sk, FAST_MATH=fast_math(z),
-            )
-            return (z, log_prob) if with_log_prob else z
-        loc_scalar, scale_scalar = loc.numel() == 1, scale.numel() == 1
-        (loc, scale), layout = broadcast_args(out_shape, loc, scale)
-        for programs, numel_arg, pid_base in launch_splits(numel, 4 * block):
-            _normal_rsample_fwd_kernel[(programs,)](
-                z, log_prob, loc, scale, numel_arg, pid_base, *layout, *split_to_i32(seed), *split_to_i32(offset),
-                BLOCK=block, WITH_LOG_PROB=with_log_prob, LOC_SCALAR=loc_scalar, SCALE_SCALAR=scale_scalar,
-                FAST_MATH=fast_math(z),
-            )
+    if z.numel():
+        plan = _fwd_plan(out_shape, _metas((loc, scale)), loc.dtype, with_log_prob, fast_math(z))
+        if plan is None:  # rare: irreducible broadcast across > MAX_DIMS dims; expanded copies
+            (loc, scale), _ = broadcast_args(out_shape, loc, scale)
+            plan = _fwd_plan(out_shape, _metas((loc, scale)), loc.dtype, with_log_prob, fast_math(z))
+        tiled, launches, constexprs = plan
+        kernel = _normal_rsample_fwd_2d_kernel if tiled else _normal_rsample_fwd_kernel
+        words, in_memory = position_args(seed, offset, position, z)
+        for grid, args in launches:
+            kernel[grid](z, log_prob, loc, scale, *args, *words, **constexprs, POSITION_IN_MEMORY=in_memory)
     return (z, log_prob) if with_log_prob else z
 
 
-def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int):
+def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int, position=None):
     """grad_scale reduced to scale.shape; either grad may be None (grad_loc needs no kernel)."""
     ref = grad_z if grad_z is not None else grad_log_prob
     out_shape = tuple(ref.shape)
@@ -165,22 +194,23 @@ def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int):
         gz = grad_z if grad_z is not None else scale
         glp = grad_log_prob if grad_log_prob is not None else scale
         block = block_counters(scale.dtype)
+        words, in_memory = position_args(seed, offset, position, grad_scale)
         tile = tile_layout(out_shape, gz, glp, scale, elements=4 * block, need_d4=True)
         if tile is not None:
             R, D, ops, br, bc = tile
             (gk, g0, g1), (pk, p0, p1), (sk, st0, st1) = ops
             _normal_rsample_bwd_2d_kernel[tile_grid(R, D, br, bc)](
                 grad_scale, gz, glp, scale, R, D, g0, g1, p0, p1, st0, st1,
-                *split_to_i32(seed), *split_to_i32(offset), BR=br, BC=bc, IDX64=needs_idx64(R, D, br, ops),
+                *words, BR=br, BC=bc, IDX64=needs_idx64(R, D, br, ops),
                 HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_PROB=grad_log_prob is not None,
-                GZ_KIND=gk, GLP_KIND=pk, SCALE_KIND=sk, FAST_MATH=fast_math(grad_scale),
+                GZ_KIND=gk, GLP_KIND=pk, SCALE_KIND=sk, FAST_MATH=fast_math(grad_scale), POSITION_IN_MEMORY=in_memory,
             )
             return reduce_to(grad_scale, scale.shape).to(scale.dtype)
         (gz, glp, scale_b), layout = broadcast_args(out_shape, gz, glp, scale)
         for programs, numel_arg, pid_base in launch_splits(numel, 4 * block):
             _normal_rsample_bwd_kernel[(programs,)](
-                grad_scale, gz, glp, scale_b, numel_arg, pid_base, *layout, *split_to_i32(seed), *split_to_i32(offset),
+                grad_scale, gz, glp, scale_b, numel_arg, pid_base, *layout, *words,
                 BLOCK=block, HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_PROB=grad_log_prob is not None,
-                SCALE_SCALAR=scale.numel() == 1, FAST_MATH=fast_math(grad_scale),
+                SCALE_SCALAR=scale.numel() == 1, FAST_MATH=fast_math(grad_scale), POSITION_IN_MEMORY=in_memory,
             )
     return reduce_to(grad_scale, scale.shape).to(scale.dtype)

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from .layout import block_counters, fast_math, launch_splits, split_to_i32
+from .layout import block_counters, cdiv, fast_math, launch_splits, position_args, split_to_i32
 
 # globals used inside kernels must be tl.constexpr objects
 STREAM_TAG = tl.constexpr(reference.STREAM_TAG)
@@ -100,6 +100,21 @@ def _box_muller64(u_r, u_theta):
 
 
 @triton.jit
+def _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, IN_MEMORY: tl.constexpr):
+    """The stream position as four i32 words: the kernel's own arguments, or (IN_MEMORY) the int64
+    pair [seed, offset] at ``seed_offset_ptr``, read on the device: what a CUDA graph replays with
+    new values each time and what torch.compile passes without reading it on the host."""
+    if IN_MEMORY:
+        seed = tl.load(seed_offset_ptr)
+        offset = tl.load(seed_offset_ptr + 1)
+        seed_lo = seed.to(tl.int32)
+        seed_hi = (seed >> 32).to(tl.int32)
+        offset_lo = offset.to(tl.int32)
+        offset_hi = (offset >> 32).to(tl.int32)
+    return seed_lo, seed_hi, offset_lo, offset_hi
+
+
+@triton.jit
 def _offset64(offset_lo, offset_hi):
     return (offset_hi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32) | offset_lo.to(tl.uint32, bitcast=True).to(tl.uint64)
 
@@ -174,8 +189,10 @@ def _stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC: tl.con
 
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi"])
-def _philox_randn_kernel(out_ptr, numel, pid_base, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constexpr,
-                         FAST_MATH: tl.constexpr):
+def _philox_randn_kernel(out_ptr, numel, pid_base, seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constexpr,
+                         FAST_MATH: tl.constexpr, POSITION_IN_MEMORY: tl.constexpr):
+    seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+                                                             POSITION_IN_MEMORY)
     pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = out_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = out_ptr.dtype.element_ty.primitive_bitwidth == 16
@@ -183,15 +200,17 @@ def _philox_randn_kernel(out_ptr, numel, pid_base, seed_lo, seed_hi, offset_lo, 
     tl.store(out_ptr + idx, eps.to(out_ptr.dtype.element_ty), mask=idx < numel)
 
 
-def philox_randn(shape, seed: int, offset: int, dtype: torch.dtype, device) -> torch.Tensor:
+def philox_randn(shape, seed: int, offset: int, dtype: torch.dtype, device, position=None) -> torch.Tensor:
+    """Standard normals at (seed, offset), or at ``position`` in device memory (``layout.position_args``)."""
     out = torch.empty(shape, dtype=dtype, device=device)
     numel = out.numel()
     if numel == 0:
         return out
     block = block_counters(dtype)
+    words, in_memory = position_args(seed, offset, position, out)
     for programs, numel_arg, pid_base in launch_splits(numel, 4 * block):
-        _philox_randn_kernel[(programs,)](out, numel_arg, pid_base, *split_to_i32(seed), *split_to_i32(offset),
-                                          BLOCK=block, FAST_MATH=fast_math(out))
+        _philox_randn_kernel[(programs,)](out, numel_arg, pid_base, *words, BLOCK=block, FAST_MATH=fast_math(out),
+                                          POSITION_IN_MEMORY=in_memory)
     return out
 
 
@@ -216,7 +235,7 @@ def philox_words(n_counters: int, seed: int, offset: int, call: int = 0, device=
     """[n_counters, 4] uint32 words (in int64), the twin of ``reference.philox_words``."""
     words = torch.empty((n_counters, 4), dtype=torch.int64, device=device)
     if n_counters:
-        _philox_words_kernel[(triton.cdiv(n_counters, 256),)](words, n_counters, call, *split_to_i32(seed), *split_to_i32(offset), BLOCK=256)
+        _philox_words_kernel[(cdiv(n_counters, 256),)](words, n_counters, call, *split_to_i32(seed), *split_to_i32(offset), BLOCK=256)
     return words
 
 
@@ -239,5 +258,5 @@ def box_muller_words(words: torch.Tensor) -> torch.Tensor:
     out = torch.empty(words.shape, dtype=torch.float32, device=words.device)
     n = words.shape[0]
     if n:
-        _box_muller_words_kernel[(triton.cdiv(n, 1024),)](words, out, n, BLOCK=1024, FAST_MATH=fast_math(out))
+        _box_muller_words_kernel[(cdiv(n, 1024),)](words, out, n, BLOCK=1024, FAST_MATH=fast_math(out))
     return out

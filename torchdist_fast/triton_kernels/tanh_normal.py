@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 
 from ..reference import compute_dtype, reduce_to
-from .layout import _broadcast_offset, broadcast_args, fast_math, split_to_i32
-from .philox import _offset64, _stream_normals
+from .layout import _broadcast_offset, broadcast_args, cdiv, fast_math, next_power_of_2, position_args
+from .philox import _offset64, _position_words, _stream_normals
 
 LOG_SQRT_2PI = tl.constexpr(0.5 * math.log(2 * math.pi))
 LN2 = tl.constexpr(math.log(2.0))
@@ -83,10 +83,12 @@ def _tile(pid, rows, D, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, 
 def _tanh_normal_fwd_kernel(
     a_ptr, lp_ptr, loc_ptr, scale_ptr, rows, D,
     s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
-    seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
     MID: tl.constexpr, HALF: tl.constexpr, BR: tl.constexpr, DP: tl.constexpr, NC: tl.constexpr,
-    WITH_LOG_PROB: tl.constexpr, FAST_MATH: tl.constexpr, SQUASH: tl.constexpr,
+    WITH_LOG_PROB: tl.constexpr, FAST_MATH: tl.constexpr, SQUASH: tl.constexpr, POSITION_IN_MEMORY: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+                                                             POSITION_IN_MEMORY)
     pid = tl.program_id(0).to(tl.int64)
     IS_FP64: tl.constexpr = a_ptr.dtype.element_ty == tl.float64
     CDT: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
@@ -113,11 +115,13 @@ def _tanh_normal_fwd_kernel(
 def _tanh_normal_bwd_kernel(
     g_loc_ptr, g_scale_ptr, ga_ptr, gl_ptr, loc_ptr, scale_ptr, rows, D,
     s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
-    seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
     HALF: tl.constexpr, BR: tl.constexpr, DP: tl.constexpr, NC: tl.constexpr,
     HAS_GA: tl.constexpr, HAS_GL: tl.constexpr, NEED_LOC: tl.constexpr, NEED_SCALE: tl.constexpr,
-    FAST_MATH: tl.constexpr, SQUASH: tl.constexpr,
+    FAST_MATH: tl.constexpr, SQUASH: tl.constexpr, POSITION_IN_MEMORY: tl.constexpr,
 ):
+    seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+                                                             POSITION_IN_MEMORY)
     pid = tl.program_id(0).to(tl.int64)
     IS_FP64: tl.constexpr = loc_ptr.dtype.element_ty == tl.float64
     CDT: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
@@ -147,9 +151,9 @@ def _tanh_normal_bwd_kernel(
 
 def blocks(D: int) -> tuple[int, int, int]:
     """(BR, DP, NC): rows per program (a multiple of 4), padded row length, counters per program."""
-    dp = triton.next_power_of_2(max(D, 1))
+    dp = next_power_of_2(max(D, 1))
     br = max(4, TILE // dp)
-    nc = triton.next_power_of_2(max(1, (br * D + 3) // 4))
+    nc = next_power_of_2(max(1, (br * D + 3) // 4))
     return br, dp, nc
 
 
@@ -162,9 +166,10 @@ def event_size(full_shape, event_dims: int) -> int:
     return math.prod(tuple(full_shape)[len(full_shape) - event_dims:]) if event_dims else 1
 
 
-def tanh_normal_fwd(loc, scale, full_shape, event_dims, mid, half, seed, offset, with_log_prob, squash=True):
+def tanh_normal_fwd(loc, scale, full_shape, event_dims, mid, half, seed, offset, with_log_prob, squash=True,
+                    position=None):
     """(a, log_prob) over ``full_shape``; log_prob summed over the ``event_dims`` rightmost dims
-    (None when not asked)."""
+    (None when not asked). ``position``: as in ``layout.position_args``."""
     full_shape = tuple(full_shape)
     a = torch.empty(full_shape, dtype=loc.dtype, device=loc.device)
     lp = (torch.empty(full_shape[: len(full_shape) - event_dims], dtype=loc.dtype, device=loc.device)
@@ -175,15 +180,17 @@ def tanh_normal_fwd(loc, scale, full_shape, event_dims, mid, half, seed, offset,
     rows = a.numel() // D
     loc, scale, layout = _layout(full_shape, loc, scale)
     br, dp, nc = blocks(D)
-    _tanh_normal_fwd_kernel[(triton.cdiv(rows, br),)](
-        a, lp if lp is not None else a, loc, scale, rows, D, *layout, *split_to_i32(seed), *split_to_i32(offset),
+    words, in_memory = position_args(seed, offset, position, a)
+    _tanh_normal_fwd_kernel[(cdiv(rows, br),)](
+        a, lp if lp is not None else a, loc, scale, rows, D, *layout, *words,
         MID=float(mid), HALF=float(half), BR=br, DP=dp, NC=nc, WITH_LOG_PROB=with_log_prob, FAST_MATH=fast_math(a),
-        SQUASH=squash,
+        SQUASH=squash, POSITION_IN_MEMORY=in_memory,
     )
     return a, lp
 
 
-def tanh_normal_bwd(grad_a, grad_lp, loc, scale, full_shape, event_dims, half, seed, offset, output_mask, squash=True):
+def tanh_normal_bwd(grad_a, grad_lp, loc, scale, full_shape, event_dims, half, seed, offset, output_mask, squash=True,
+                    position=None):
     """(grad_loc, grad_scale) reduced to the parameters' shapes; None where not needed."""
     full_shape = tuple(full_shape)
     numel = math.prod(full_shape)
@@ -202,10 +209,12 @@ def tanh_normal_bwd(grad_a, grad_lp, loc, scale, full_shape, event_dims, half, s
         ga = grad_a.contiguous() if grad_a is not None else None
         gl = grad_lp.contiguous() if grad_lp is not None else None
         br, dp, nc = blocks(D)
-        _tanh_normal_bwd_kernel[(triton.cdiv(rows, br),)](
+        words, in_memory = position_args(seed, offset, position, dummy)
+        _tanh_normal_bwd_kernel[(cdiv(rows, br),)](
             *(b if b is not None else dummy for b in bufs), ga if ga is not None else dummy, gl if gl is not None else dummy,
-            loc_b, scale_b, rows, D, *layout, *split_to_i32(seed), *split_to_i32(offset),
+            loc_b, scale_b, rows, D, *layout, *words,
             HALF=float(half), BR=br, DP=dp, NC=nc, HAS_GA=ga is not None, HAS_GL=gl is not None,
             NEED_LOC=bool(output_mask[0]), NEED_SCALE=bool(output_mask[1]), FAST_MATH=fast_math(dummy), SQUASH=squash,
+            POSITION_IN_MEMORY=in_memory,
         )
     return tuple(None if b is None else reduce_to(b, t.shape).to(t.dtype) for b, t in zip(bufs, (loc, scale)))

@@ -1,0 +1,149 @@
+"""Sampling under CUDA graph capture (GPU only): captured, replayed with fresh noise, the same
+numbers as eager for the same generator position, backward and checkpoint inside the graph.
+
+Capture takes the stream position on the device (the CUDA backend's ``draw_position`` op):
+without the built extension the capture is refused with a RuntimeError that says how to build it.
+"""
+import pytest
+import torch
+
+import torchdist_fast
+from torchdist_fast import cuda_backend
+
+pytestmark = pytest.mark.gpu
+
+needs_extension = pytest.mark.skipif(
+    not cuda_backend.available(), reason=f"needs the CUDA backend extension: {cuda_backend.unavailable_reason()}")
+
+
+def _params(requires_grad=True):
+    g = torch.Generator(device="cuda").manual_seed(5)
+    loc = torch.randn(256, 8, device="cuda", generator=g).requires_grad_(requires_grad)
+    scale = (torch.rand(256, 8, device="cuda", generator=g) + 0.5).requires_grad_(requires_grad)
+    return loc, scale
+
+
+def _capture(fn):
+    """(graph, static outputs) of ``fn`` captured after a warm-up on a side stream."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
+def test_capture_without_the_extension_says_how_to_build_it():
+    if cuda_backend.available():
+        pytest.skip("the extension is built")
+    loc, scale = _params(False)
+    with pytest.raises(RuntimeError, match="CUDA backend extension"):
+        _capture(lambda: torchdist_fast.Normal(loc, scale).rsample())
+
+
+@needs_extension
+@pytest.mark.parametrize("method", ["rsample", "sample", "rsample_and_log_prob"])
+def test_replays_draw_fresh_noise_equal_to_eager_at_the_same_position(method):
+    loc, scale = _params(False)
+
+    def draw():
+        out = getattr(torchdist_fast.Normal(loc, scale), method)()
+        return out if isinstance(out, tuple) else (out,)
+
+    graph, static = _capture(draw)
+    gen = torch.cuda.default_generators[torch.cuda.current_device()]
+    torch.cuda.manual_seed(1234)
+    graph.replay()
+    first = [t.clone() for t in static]
+    after_replay = gen.get_offset()
+    graph.replay()
+    second = [t.clone() for t in static]
+    assert not torch.equal(first[0], second[0])
+    torch.cuda.manual_seed(1234)
+    eager = draw()
+    assert gen.get_offset() == after_replay  # the generator moved as it does for the eager draw
+    for a, b in zip(first, eager):
+        assert torch.equal(a, b)
+
+
+@needs_extension
+def test_backward_in_the_graph_regenerates_the_forward_noise():
+    loc, scale = _params()
+
+    def step():
+        z, lp = torchdist_fast.Normal(loc, scale).rsample_and_log_prob()
+        loss = (z.tanh() * 1.5).sum() + lp.sum()
+        return torch.autograd.grad(loss, (loc, scale)) + (z,)
+
+    graph, static = _capture(step)
+    torch.cuda.manual_seed(99)
+    graph.replay()
+    got = [t.clone() for t in static]
+    torch.cuda.manual_seed(99)
+    want = step()
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@needs_extension
+def test_two_generators_in_one_graph():
+    loc, scale = _params(False)
+    g1 = torch.Generator(device="cuda").manual_seed(1)
+    g2 = torch.Generator(device="cuda").manual_seed(2)
+    graph = torch.cuda.CUDAGraph()
+    graph.register_generator_state(g1)
+    graph.register_generator_state(g2)
+    d = torchdist_fast.Normal(loc, scale)
+    d.rsample(generator=g1), d.rsample(generator=g2)  # warm-up
+    with torch.cuda.graph(graph):
+        a, b = d.rsample(generator=g1), d.rsample(generator=g2)
+    g1.manual_seed(10), g2.manual_seed(20)
+    graph.replay()
+    got = a.clone(), b.clone()
+    graph.replay()
+    assert not torch.equal(got[0], a) and not torch.equal(got[1], b)
+    g1.manual_seed(10), g2.manual_seed(20)
+    assert torch.equal(got[0], d.rsample(generator=g1)) and torch.equal(got[1], d.rsample(generator=g2))
+
+
+@needs_extension
+def test_make_graphed_callables_and_checkpoint():
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(8, 16).cuda()
+
+    def actor(x):
+        mu, log_std = net(x).chunk(2, -1)
+        d = torchdist_fast.Normal(mu, log_std.exp())
+        z, lp = d.rsample_and_log_prob()
+        return z.tanh().sum(-1) + lp.sum(-1)
+
+    x = torch.randn(256, 8, device="cuda", requires_grad=True)
+    graphed = torch.cuda.make_graphed_callables(lambda x: checkpoint(actor, x, use_reentrant=False), (x,))
+    torch.cuda.manual_seed(3)
+    out = graphed(x)
+    out.sum().backward()
+    got = out.detach().clone(), net.weight.grad.clone()
+    net.weight.grad = None
+    torch.cuda.manual_seed(3)
+    ref = checkpoint(actor, x, use_reentrant=False)
+    ref.sum().backward()
+    torch.testing.assert_close(got[0], ref.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], net.weight.grad, rtol=1e-4, atol=1e-4)
+
+
+@needs_extension
+def test_reduce_overhead_replays_fresh_noise():
+    loc, scale = _params(False)
+    fn = torch.compile(lambda l, s: torchdist_fast.Normal(l, s).rsample(), mode="reduce-overhead", fullgraph=True)
+    outs = [fn(loc, scale).clone() for _ in range(4)]
+    assert all(not torch.equal(a, b) for a, b in zip(outs, outs[1:]))
+    torch.cuda.manual_seed(8)
+    a = fn(loc, scale).clone()
+    torch.cuda.manual_seed(8)
+    assert torch.equal(a, torchdist_fast.Normal(loc, scale).rsample())
