@@ -110,31 +110,74 @@ def test_two_generators_in_one_graph():
     assert torch.equal(got[0], d.rsample(generator=g1)) and torch.equal(got[1], d.rsample(generator=g2))
 
 
-@needs_extension
-def test_make_graphed_callables_and_checkpoint():
-    from torch.utils.checkpoint import checkpoint
+class _Actor(torch.nn.Module):
+    """A small policy head: Normal(mu, exp(log_std)), rsample, tanh and log_prob (optionally
+    under non-reentrant activation checkpointing)."""
+
+    def __init__(self, normal, checkpointed: bool):
+        super().__init__()
+        self.normal, self.checkpointed = normal, checkpointed
+        self.net = torch.nn.Linear(8, 16)
+
+    def _body(self, x):
+        mu, log_std = self.net(x).chunk(2, -1)
+        d = self.normal(mu, log_std.exp())
+        z = d.rsample()
+        return z.tanh().sum(-1) + d.log_prob(z).sum(-1)
+
+    def forward(self, x):
+        if self.checkpointed:
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(self._body, x, use_reentrant=False)
+        return self._body(x)
+
+
+def _graphed_step(normal, checkpointed: bool):
+    """[(output, weight grad) of one replay of ``make_graphed_callables`` over the actor, the same
+    computed eagerly by an identical copy], both from the generator state of manual_seed(3)."""
+    import copy
 
     torch.manual_seed(0)
-    net = torch.nn.Linear(8, 16).cuda()
-
-    def actor(x):
-        mu, log_std = net(x).chunk(2, -1)
-        d = torchdist_fast.Normal(mu, log_std.exp())
-        z, lp = d.rsample_and_log_prob()
-        return z.tanh().sum(-1) + lp.sum(-1)
-
+    actor = _Actor(normal, checkpointed).cuda()
+    eager_actor = copy.deepcopy(actor)
     x = torch.randn(256, 8, device="cuda", requires_grad=True)
-    graphed = torch.cuda.make_graphed_callables(lambda x: checkpoint(actor, x, use_reentrant=False), (x,))
-    torch.cuda.manual_seed(3)
-    out = graphed(x)
-    out.sum().backward()
-    got = out.detach().clone(), net.weight.grad.clone()
-    net.weight.grad = None
-    torch.cuda.manual_seed(3)
-    ref = checkpoint(actor, x, use_reentrant=False)
-    ref.sum().backward()
-    torch.testing.assert_close(got[0], ref.detach(), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(got[1], net.weight.grad, rtol=1e-4, atol=1e-4)
+    graphed = torch.cuda.make_graphed_callables(actor, (x,))
+    results = []
+    for module in (graphed, eager_actor):
+        module.net.weight.grad = None
+        torch.cuda.manual_seed(3)
+        out = module(x)
+        out.sum().backward()
+        results.append((out.detach().clone(), module.net.weight.grad.clone()))
+    return results
+
+
+@needs_extension
+def test_make_graphed_callables_forward_and_backward():
+    (out, grad), (out_eager, grad_eager) = _graphed_step(torchdist_fast.Normal, checkpointed=False)
+    torch.testing.assert_close(out, out_eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, grad_eager, rtol=1e-4, atol=1e-4)
+
+
+@needs_extension
+def test_checkpoint_in_a_captured_region_behaves_as_torchs_own_rng():
+    """Activation checkpointing restores the generator state to recompute; under capture that is
+    torch's business. Whatever torch.distributions.Normal does there (works, or raises), ours
+    does too, and where it works the replay equals the eager step."""
+    outcomes = []
+    for normal in (torch.distributions.Normal, torchdist_fast.Normal):
+        try:
+            outcomes.append(_graphed_step(normal, checkpointed=True))
+        except RuntimeError as e:
+            outcomes.append(type(e))
+    torch_outcome, ours = outcomes
+    if isinstance(torch_outcome, type):
+        assert ours is torch_outcome
+    else:
+        (out, grad), (out_eager, grad_eager) = ours
+        torch.testing.assert_close(out, out_eager, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grad, grad_eager, rtol=1e-4, atol=1e-4)
 
 
 @needs_extension

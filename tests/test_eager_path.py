@@ -108,3 +108,46 @@ def test_fast_path_under_no_grad_and_with_a_bad_generator():
             assert not torchdist_fast.Normal(loc, scale).rsample().requires_grad
         with pytest.raises(TypeError, match="generator must be a torch.Generator"):
             torchdist_fast.Normal(loc, scale).rsample(generator="seed")
+
+
+EVENT_CASES = [
+    ("tanh rsample_and_log_prob", lambda l, s: torchdist_fast.TanhNormal(l, s, -2.0, 3.0), "rsample_and_log_prob"),
+    ("tanh rsample", lambda l, s: torchdist_fast.TanhNormal(l, s), "rsample"),
+    ("tanh sample", lambda l, s: torchdist_fast.TanhNormal(l, s), "sample"),
+    ("independent rsample_and_log_prob", lambda l, s: torchdist_fast.Normal(l, s).to_event(1), "rsample_and_log_prob"),
+]
+
+
+@pytest.mark.parametrize("name,make,method", EVENT_CASES, ids=[c[0] for c in EVENT_CASES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_event_fast_path_is_the_op_bit_for_bit(name, make, method, dtype, cpu_kernel, monkeypatch):
+    g = torch.Generator().manual_seed(11)
+    loc = torch.randn(5, 6, generator=g).to(dtype).requires_grad_()
+    scale = (torch.rand(5, 6, generator=g) + 0.3).to(dtype).requires_grad_()
+    results = []
+    with torchdist_fast.cpu_sampling("philox"):
+        for direct in (True, False):
+            monkeypatch.setattr(eager, "direct_ok", (lambda *t: True) if direct else (lambda *t: False))
+            out = getattr(make(loc, scale), method)((2,), generator=torch.Generator().manual_seed(5))
+            outs = out if isinstance(out, tuple) else (out,)
+            grads = (torch.autograd.grad(sum((o * (i + 1.5)).sum() for i, o in enumerate(outs)), (loc, scale))
+                     if outs[0].requires_grad else ())
+            results.append((outs, grads))
+    (fast, fast_grads), (op, op_grads) = results
+    assert all(torch.equal(a, b) for a, b in zip(fast, op)) and len(fast) == len(op)
+    assert len(fast_grads) == len(op_grads) and all(torch.equal(a, b) for a, b in zip(fast_grads, op_grads))
+    assert (method == "sample") == (not fast[0].requires_grad)
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_second_derivatives_through_the_kernels_raise_on_both_paths(direct, cpu_kernel, monkeypatch):
+    """The kernels' backward is not differentiable again: the op path raises (no autograd formula
+    for the backward op), and so does the fast path (once_differentiable), instead of silently
+    dropping the d(grad_scale)/d(scale) term."""
+    loc, scale = torch.randn(4, requires_grad=True), (torch.rand(4) + 0.5).requires_grad_()
+    monkeypatch.setattr(eager, "direct_ok", (lambda *t: True) if direct else (lambda *t: False))
+    with torchdist_fast.cpu_sampling("philox"):
+        z = torchdist_fast.Normal(loc, scale).rsample()
+        (g,) = torch.autograd.grad((z * z).sum(), scale, create_graph=True)
+        with pytest.raises(RuntimeError):
+            torch.autograd.grad(g.sum(), scale)

@@ -236,16 +236,21 @@ def test_rsample_log_prob_sum_opcheck_and_memory(cpu_kernel):
     assert saved == 16  # the stream position
 
 
-def test_independent_rsample_and_log_prob_uses_one_op(monkeypatch):
+@pytest.mark.parametrize("eager_path", [True, False])
+def test_independent_rsample_and_log_prob_uses_one_fused_call(eager_path, monkeypatch):
+    """One call of the fused implementation (normal_rsample_log_prob_sum's), through the eager
+    fast path or through the op."""
+    from torchdist_fast import eager, ops
+
     calls = []
-    real = OPS.normal_rsample_log_prob_sum
+    real = ops.event_rsample_impl
 
-    class Spy:
-        def __call__(self, *args):
-            calls.append(args)
-            return real(*args)
+    def spy(*args):
+        calls.append(args)
+        return real(*args)
 
-    monkeypatch.setattr(torch.ops.torchdist_fast, "normal_rsample_log_prob_sum", Spy())
+    monkeypatch.setattr(ops, "event_rsample_impl", spy)
+    monkeypatch.setattr(eager, "direct_ok", lambda *t: eager_path)
     loc, scale = params(seed=3)
     with torchdist_fast.cpu_sampling("philox"):
         z, lp = Normal(loc, scale).to_event(1).rsample_and_log_prob((2,))

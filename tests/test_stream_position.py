@@ -1,6 +1,10 @@
 """The stream position in memory: kernels that read [seed, offset] from a tensor (what CUDA graph
 replays and torch.compile pass) draw exactly what the same position passed as ints draws, and
 the rules that decide where the position lives. The capture itself: tests/test_cuda_graphs.py."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import INTERPRET
@@ -99,13 +103,53 @@ def test_a_pair_on_another_device_is_refused():
 
 
 def test_the_draw_op_puts_the_pair_where_the_kernels_read_it():
-    """The fake (what torch.compile plans with) says CPU for CPU ops and the GPU for CUDA ops, as
-    the real op does; and a CPU draw advances the generator like the host rule."""
+    """The fake (what torch.compile plans with) puts the pair where the real op does; and a CPU
+    draw advances the generator like the host rule."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from torchdist_fast import cuda_backend
+
     with FakeTensorMode():
-        assert torch.ops.torchdist_fast.draw_seed_offset("cuda:0", 10).device == torch.device("cuda:0")
+        cuda_pair = torch.ops.torchdist_fast.draw_seed_offset("cuda:0", 10)
         assert torch.ops.torchdist_fast.draw_seed_offset("cpu", 10).device.type == "cpu"
+    # on the GPU only where the extension writes it there (graph-safe); else read on the host
+    assert cuda_pair.device == (torch.device("cuda:0") if cuda_backend.available() else torch.device("cpu"))
     a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert rng.unpack_seed_offset(rng.take_seed_offset("cpu", 9, a)) == rng.take_position("cpu", 9, b)
     assert rng.take_position("cpu", 1, a) == rng.take_position("cpu", 1, b) == (3, rng.advance(9))
+
+
+_SAME_KERNEL = r"""
+import torch
+from torchdist_fast import cost_model as cm, rng
+from torchdist_fast.triton_kernels import normal_rsample as nr, philox, tanh_normal as tk
+from torchdist_fast.triton_kernels.layout import force_fast_math
+
+loc, scale = torch.randn(64, 8), torch.rand(64, 8) + 0.5
+launches = {
+    "randn": lambda p: philox.philox_randn((4099,), 2**64 - 1, 8, torch.float32, "cpu", position=p),
+    "rsample 1-D": lambda p: nr.normal_rsample_fwd(loc[:, :7], scale[:, :7], (2,), 2**64 - 1, 8, True, position=p),
+    "rsample 2-D": lambda p: nr.normal_rsample_fwd(loc, scale, (2,), 2**64 - 1, 8, True, position=p),
+    "rsample bwd": lambda p: nr.normal_rsample_bwd(torch.randn(2, 64, 8), None, scale, 2**64 - 1, 8, position=p),
+    "tanh": lambda p: tk.tanh_normal_fwd(loc, scale, (2, 64, 8), 1, 0.0, 1.0, 2**64 - 1, 8, True, position=p),
+}
+for name, launch in launches.items():
+    keys = []
+    for position in (None, rng.pack_seed_offset(5, 2**40)):
+        with force_fast_math(True), cm.captured_launches() as calls:
+            launch(position)
+        keys.append([cm.launch_specialization(fn, args, kwargs)[0] for fn, args, kwargs, grid in calls])
+    assert keys[0] == keys[1] and keys[0], name
+print("same kernels")
+"""
+
+
+@pytest.mark.aot
+def test_ints_and_memory_launch_the_same_compiled_kernel():
+    """The warm-up-then-capture recipe: an eager call (position as ints) must compile and load
+    the very kernel a capture (position in memory) launches, or the first launch inside the
+    capture would compile and load a module, which CUDA forbids. Checked with Triton's own
+    launch-time specialization (no GPU needed)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # real JIT kernels
+    res = subprocess.run([sys.executable, "-c", _SAME_KERNEL], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "same kernels" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]

@@ -21,7 +21,7 @@ import time
 
 TARGETS = (80, 90)
 DTYPES = {"float32": "fp32", "float64": "fp64", "float16": "fp16", "bfloat16": "bf16"}
-SEED_ARGS = ("seed_lo", "seed_hi", "offset_lo", "offset_hi")
+SEED_ARGS = ("seed_lo", "seed_hi", "offset_lo", "offset_hi", "position_in_memory")
 
 
 def kernel_specs():
@@ -32,9 +32,7 @@ def kernel_specs():
         ("philox_randn", philox._philox_randn_kernel, [{"BLOCK": 256}]),
         ("philox_words", philox._philox_words_kernel, [{"BLOCK": 256}]),
         ("normal_rsample_fwd", normal_rsample._normal_rsample_fwd_kernel,
-         [{"BLOCK": 256, "WITH_LOG_PROB": False}, {"BLOCK": 256, "WITH_LOG_PROB": True},
-          # the stream position read from device memory (CUDA graph capture, device-side draws)
-          {"BLOCK": 256, "WITH_LOG_PROB": True, "POSITION_IN_MEMORY": True}]),
+         [{"BLOCK": 256, "WITH_LOG_PROB": False}, {"BLOCK": 256, "WITH_LOG_PROB": True}]),
         ("normal_rsample_bwd", normal_rsample._normal_rsample_bwd_kernel,
          [{"BLOCK": 256, "HAS_GRAD_Z": True, "HAS_GRAD_LOG_PROB": True},
           {"BLOCK": 256, "HAS_GRAD_Z": True, "HAS_GRAD_LOG_PROB": False}]),

@@ -217,23 +217,32 @@ def captured_launches():
 _COMPILE_CACHE: dict = {}
 
 
-def compile_launch(fn, args, kwargs, cap=90):
-    """Compile one captured launch for ``cuda:cap`` with Triton's own launch-time specialization."""
-    import triton
+def launch_specialization(fn, args, kwargs, cap=90):
+    """(key, signature, constexprs, attrs, options) of one captured launch, by Triton's own
+    launch-time binder for ``cuda:cap``: two launches with equal keys run one compiled kernel."""
     from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource, make_backend
+    from triton.compiler import make_backend
     from triton.runtime.jit import create_function_from_signature
 
-    target = GPUTarget("cuda", cap, 32)
-    backend = make_backend(target)
+    backend = make_backend(GPUTarget("cuda", cap, 32))
     binder = create_function_from_signature(fn.signature, fn.params, backend)
     bound_args, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound_args, specialization, options)
     key = (fn.fn.__qualname__, repr(sorted(signature.items())), repr(sorted(constexprs.items(), key=str)),
            repr(sorted(attrs.items(), key=str)), repr(sorted(options.__dict__.items(), key=str)))
+    return key, signature, constexprs, attrs, options
+
+
+def compile_launch(fn, args, kwargs, cap=90):
+    """Compile one captured launch for ``cuda:cap`` with Triton's own launch-time specialization."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    key, signature, constexprs, attrs, options = launch_specialization(fn, args, kwargs, cap)
     if key not in _COMPILE_CACHE:
         src = ASTSource(fn, signature, constexprs, attrs)
-        _COMPILE_CACHE[key] = triton.compile(src, target=target, options=options.__dict__)
+        _COMPILE_CACHE[key] = triton.compile(src, target=GPUTarget("cuda", cap, 32), options=options.__dict__)
     return _COMPILE_CACHE[key]
 
 

@@ -1,5 +1,9 @@
 """The eager fast path of the sampling ops: their implementation called without the dispatcher.
 
+Covers ``normal_rsample`` / ``normal_sample`` / ``normal_rsample_log_prob`` (``Normal``) and the
+event ops ``tanh_normal_rsample`` (``TanhNormal``) and ``normal_rsample_log_prob_sum``
+(``IndependentNormal``).
+
 Why: at RL batch sizes (a few thousand elements) a sampling call costs host time, not GPU time.
 Through ``torch.ops`` one ``rsample`` is a Python op that draws the stream position into a
 new CPU tensor, a second op whose Python autograd wrapper redispatches to the implementation,
@@ -11,11 +15,13 @@ the numbers are the op's, bit for bit (tests/test_eager_path.py).
 It runs only where skipping the dispatcher changes nothing a user can observe (``direct_ok``):
 plain tensors, no ``torch.compile`` or ``torch.jit`` tracing, no dispatch or function modes
 (FakeTensor, functionalization, FlopCounter, ...), no functorch transforms (vmap, grad). Any
-other call goes through the ops, which are what the compiler, export, the tracer and opcheck see.
+other call goes through the ops, which are what the compiler, export, the tracer and opcheck see
+(``torch.set_default_device`` installs a function mode too: the ops then run, correctly, slower).
 """
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import ops, rng
 from .functional import counters_for
@@ -48,6 +54,7 @@ class _Rsample(torch.autograd.Function):
         return ops.rsample_impl(loc, scale, sample_shape, seed, offset, with_log_prob, position, checked=True)
 
     @staticmethod
+    @once_differentiable  # the kernels' gradients are not differentiable again: say so, as the ops do
     def backward(ctx, grad_z, grad_log_prob=None):
         (scale,) = ctx.saved_tensors
         seed, offset, position = ctx.where
@@ -83,3 +90,43 @@ def rsample(loc, scale, sample_shape, numel: int, generator, with_log_prob: bool
     seed, offset, position = where
     with torch.no_grad():  # the reference implementation is torch code: no graph to the parameters
         return ops.rsample_impl(loc, scale, sample_shape, seed, offset, with_log_prob, position, checked=True)
+
+
+class _EventRsample(torch.autograd.Function):
+    """tanh_normal_rsample / normal_rsample_log_prob_sum, as ``_Rsample`` (the op's autograd:
+    ops._event_rsample_grads)."""
+
+    @staticmethod
+    def forward(ctx, loc, scale, args, where, with_log_prob, squash):
+        ctx.set_materialize_grads(False)
+        ctx.args, ctx.where, ctx.with_log_prob, ctx.squash = args, where, with_log_prob, squash
+        ctx.save_for_backward(loc, scale)
+        return ops.event_rsample_impl(loc, scale, *args, *where, with_log_prob, squash)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_a, grad_log_prob):
+        loc, scale = ctx.saved_tensors
+        if not ctx.with_log_prob:
+            grad_log_prob = None
+        mask = list(ctx.needs_input_grad[:2])
+        if (grad_a is None and grad_log_prob is None) or not any(mask):
+            return (None,) * 6
+        grads = ops.event_rsample_backward_impl(grad_a, grad_log_prob, loc, scale, *ctx.args, *ctx.where, mask, ctx.squash)
+        return tuple(g if need else None for g, need in zip(grads, mask)) + (None,) * 4
+
+
+_apply_event_rsample = super(torch.autograd.Function, _EventRsample).apply
+
+
+def event_rsample(loc, scale, sample_shape, event_dims: int, low: float, high: float, numel: int, generator,
+                  with_log_prob: bool, squash: bool):
+    """``(a, log_prob)`` of ``tanh_normal_rsample`` (``squash``) or ``normal_rsample_log_prob_sum``
+    (``low, high = -1, 1``; log_prob an empty tensor unless ``with_log_prob``). Call only where
+    ``direct_ok``, with checked parameters (as ``rsample``)."""
+    where = _where(loc.device, numel, generator)
+    args = (list(sample_shape), event_dims, float(low), float(high))
+    if torch.is_grad_enabled() and (loc.requires_grad or scale.requires_grad):
+        return _apply_event_rsample(loc, scale, args, where, with_log_prob, squash)
+    with torch.no_grad():
+        return ops.event_rsample_impl(loc, scale, *args, *where, with_log_prob, squash)

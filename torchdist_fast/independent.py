@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch.distributions import Independent
 
-from . import ops  # noqa: F401  (registers the event-sum ops)
+from . import eager, ops  # noqa: F401  (ops: registers the event-sum ops)
 from .distribution import (
     _checked_numel,
     _log_prob_args,
@@ -83,6 +83,9 @@ def _rsample_and_log_prob(self, sample_shape=torch.Size(), *, generator: torch.G
         return z, _log_prob_sum(self, z, validate=False)
     sample_shape = torch.Size(sample_shape)
     numel = _checked_numel(base._extended_shape(sample_shape))
+    if eager.direct_ok(*params):
+        return eager.event_rsample(*params, sample_shape, self.reinterpreted_batch_ndims, -1.0, 1.0, numel, generator,
+                                   with_log_prob=True, squash=False)
     seed_offset = draw_seed_offset(params[0].device, numel, generator)
     return torch.ops.torchdist_fast.normal_rsample_log_prob_sum(
         *params, list(sample_shape), self.reinterpreted_batch_ndims, seed_offset)

@@ -84,7 +84,7 @@ def draw_seed_offset(device, counters, generator=None):
 @torch.library.register_fake("torchdist_fast::draw_seed_offset", lib=_LIB)
 def _(device, counters, generator=None):
     device = torch.device(device)
-    return torch.empty(2, dtype=torch.int64, device=device if device.type == "cuda" else "cpu")
+    return torch.empty(2, dtype=torch.int64, device=device if rng.position_on_device(device) else "cpu")
 
 
 def _mark_ordered(op) -> None:
@@ -479,9 +479,10 @@ def _event_rsample_meta(loc, scale, sample_shape, event_dims, low=-1.0, high=1.0
     return full, full[: len(full) - event_dims]
 
 
-def _event_rsample(loc, scale, sample_shape, event_dims, low, high, seed_offset, with_log_prob, squash):
+def event_rsample_impl(loc, scale, sample_shape, event_dims, low, high, seed, offset, position, with_log_prob, squash):
+    """What tanh_normal_rsample (``squash``) and normal_rsample_log_prob_sum compute, the stream
+    position as in ``rsample_impl``; also the eager fast path's forward (``eager.py``)."""
     full, _ = _event_rsample_meta(loc, scale, sample_shape, event_dims, low, high)
-    seed, offset, position = rng.kernel_position(seed_offset, loc.device, uses_gpu_kernels(loc.device))
     mid, half = (high + low) / 2, (high - low) / 2
     from . import tanh_normal as tn
 
@@ -496,10 +497,10 @@ def _event_rsample(loc, scale, sample_shape, event_dims, low, high, seed_offset,
     return a, lp if lp is not None else loc.new_empty(0)
 
 
-def _event_rsample_backward(grad_a, grad_log_prob, loc, scale, sample_shape, event_dims, low, high, seed_offset,
-                            output_mask, squash):
+def event_rsample_backward_impl(grad_a, grad_log_prob, loc, scale, sample_shape, event_dims, low, high, seed, offset,
+                                position, output_mask, squash):
+    """(grad_loc, grad_scale) of ``event_rsample_impl``, regenerating the noise; an unneeded one is empty."""
     full, _ = _event_rsample_meta(loc, scale, sample_shape, event_dims, low, high)
-    seed, offset, position = rng.kernel_position(seed_offset, loc.device, uses_gpu_kernels(loc.device))
     half = (high - low) / 2
     from . import tanh_normal as tn
 
@@ -513,6 +514,18 @@ def _event_rsample_backward(grad_a, grad_log_prob, loc, scale, sample_shape, eve
         grads = tn.reference_tanh_normal_backward(eps, grad_a, grad_log_prob, loc, scale, event_dims, half, output_mask,
                                                   squash)
     return tuple(g if g is not None else t.new_empty(0) for g, t in zip(grads, (loc, scale)))
+
+
+def _event_rsample(loc, scale, sample_shape, event_dims, low, high, seed_offset, with_log_prob, squash):
+    where = rng.kernel_position(seed_offset, loc.device, uses_gpu_kernels(loc.device))
+    return event_rsample_impl(loc, scale, sample_shape, event_dims, low, high, *where, with_log_prob, squash)
+
+
+def _event_rsample_backward(grad_a, grad_log_prob, loc, scale, sample_shape, event_dims, low, high, seed_offset,
+                            output_mask, squash):
+    where = rng.kernel_position(seed_offset, loc.device, uses_gpu_kernels(loc.device))
+    return event_rsample_backward_impl(grad_a, grad_log_prob, loc, scale, sample_shape, event_dims, low, high, *where,
+                                       output_mask, squash)
 
 
 @torch.library.custom_op(

@@ -18,13 +18,15 @@ Rules (README "Random numbers"):
   restores the state) redraws the same noise.
 Through the ops the pair travels as an int64 tensor ``[seed, offset]`` (64-bit patterns), so that
 the ops that use it are pure functions of their inputs and can be recomputed (backward,
-checkpoint): on the CPU for CPU ops, on the device for CUDA ops, where the kernels read it from
-memory (``take_seed_offset``, ``kernel_position``). The eager fast path (``eager.py``) passes
-the two ints straight to the kernels instead.
+checkpoint): on the CPU, or, for CUDA ops with the CUDA backend extension built, on the device,
+written there by a graph-safe draw and read from memory by the kernels (``take_seed_offset``,
+``kernel_position``). The eager fast path (``eager.py``) passes the two ints straight to the
+kernels instead, except under CUDA graph capture.
 """
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import torch
 
@@ -63,6 +65,11 @@ def kernel_position(seed_offset: torch.Tensor, device: torch.device, kernels: bo
         raise ValueError(
             f"seed_offset must be an int64 tensor of shape (2,) on the CPU or on the op's device ({device}), got "
             f"{seed_offset.dtype} {tuple(seed_offset.shape)} on {seed_offset.device}"
+        )
+    if capturing(device):
+        raise RuntimeError(
+            "torchdist_fast: a CPU seed_offset is read on the host, so a CUDA graph would replay the same noise "
+            "every time; under capture draw it with torchdist_fast.functional.draw_seed_offset (on the device)"
         )
     return (*unpack_seed_offset(seed_offset), None)
 
@@ -111,28 +118,41 @@ def capturing(device: torch.device) -> bool:
 
 def take_seed_offset(device: torch.device, counters: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """The stream position as the int64 tensor ``[seed, offset]`` the ops take, the generator
-    advanced as by ``take_position``: on the CPU for a CPU device, on the device for CUDA.
+    advanced as by ``take_position``.
 
-    On CUDA it is written on the device, by the CUDA backend's ``draw_position`` op when that
-    extension is built: under CUDA graph capture it then holds the values of each replay
-    (README, "CUDA graphs"). Without it a host position is copied over (no capture).
+    On CUDA with the CUDA backend extension built, it is written on the device by the extension's
+    ``draw_position`` op: under CUDA graph capture it then holds the values of each replay
+    (README, "CUDA graphs and per-call host cost"). Elsewhere it is a CPU tensor (and capture is
+    refused with a RuntimeError that says how to build the extension).
     """
     device = torch.device(device)
-    if device.type != "cuda":
+    if not position_on_device(device):
+        if capturing(device):
+            from . import cuda_backend
+
+            raise RuntimeError(
+                "torchdist_fast: sampling under CUDA graph capture reads the generator on the device, which needs "
+                f"the CUDA backend extension: {cuda_backend.unavailable_reason()}"
+            )
         return pack_seed_offset(*take_position(device, counters, generator))
     check_generator(generator, device)
     if counters < 0:
         raise RuntimeError(f"torchdist_fast: counters must be non-negative, got {counters}")
     from . import cuda_backend
 
-    if cuda_backend.available():
-        return cuda_backend.draw_position(generator, counters, device)
-    if capturing(device):
-        raise RuntimeError(
-            "torchdist_fast: sampling under CUDA graph capture reads the generator on the device, which needs the "
-            f"CUDA backend extension: {cuda_backend.unavailable_reason()}"
-        )
-    return pack_seed_offset(*take_position(device, counters, generator)).to(device, non_blocking=True)
+    return cuda_backend.draw_position(generator, counters, device)
+
+
+def position_on_device(device: torch.device) -> bool:
+    """Whether ``take_seed_offset`` (and the draw op's fake) put the pair on ``device``: CUDA with
+    the CUDA backend extension built. Without it the pair stays on the CPU, so torch.compile's
+    CUDA graphs (mode="reduce-overhead") see a CPU tensor and leave the graph uncaptured rather
+    than fail."""
+    if device.type != "cuda":
+        return False
+    from . import cuda_backend
+
+    return cuda_backend.available()
 
 
 def advance(counters: int) -> int:
@@ -184,6 +204,7 @@ class CpuStreams:
 
 
 _CPU_STREAMS = CpuStreams()
+_OFFSET_LOCK = threading.Lock()
 
 
 def take_position_from(gen, counters: int) -> tuple[int, int]:
@@ -195,6 +216,7 @@ def take_position_from(gen, counters: int) -> tuple[int, int]:
             "torchdist_fast: a stream position read on the host cannot be captured in a CUDA graph "
             "(every replay would draw the same noise); under capture it is taken on the device (take_seed_offset)"
         )
-    seed, offset = gen.initial_seed(), gen.get_offset()
-    gen.set_offset(offset + advance(counters))
+    with _OFFSET_LOCK:  # two threads of ours never read the same offset (torch's own draws take the C++ mutex)
+        seed, offset = gen.initial_seed(), gen.get_offset()
+        gen.set_offset(offset + advance(counters))
     return seed, offset

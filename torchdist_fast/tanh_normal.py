@@ -24,7 +24,7 @@ import torch
 from torch.distributions import Independent, TransformedDistribution, constraints
 from torch.distributions.transforms import AffineTransform, TanhTransform
 
-from . import ops, reference
+from . import eager, ops, reference
 from .backend import uses_gpu_kernels
 from .distribution import Normal, _checked_numel, _ops_device, _rsample, _stable_log_prob_on
 from .functional import draw_seed_offset
@@ -187,6 +187,9 @@ class TanhNormal(TransformedDistribution):
         loc, scale = self._fused_params()
         sample_shape = torch.Size(sample_shape)
         numel = _checked_numel(sample_shape + self.batch_shape + self.event_shape)
+        if eager.direct_ok(loc, scale):
+            return eager.event_rsample(loc, scale, sample_shape, self.event_dims, self.low, self.high, numel, generator,
+                                       with_log_prob, squash=True)
         seed_offset = draw_seed_offset(loc.device, numel, generator)
         return torch.ops.torchdist_fast.tanh_normal_rsample(
             loc, scale, list(sample_shape), self.event_dims, self.low, self.high, seed_offset, with_log_prob)

@@ -90,17 +90,25 @@ def split_to_i32(value: int) -> tuple[int, int]:
     return tuple(w - (1 << 32) if w >= (1 << 31) else w for w in (lo, hi))
 
 
-def position_args(seed: int, offset: int, position, dummy):
-    """The stream-position kernel args ``(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi)``
-    and the POSITION_IN_MEMORY flag.
+_DUMMY_POSITION: dict = {}
+
+
+def position_args(seed: int, offset: int, position, device):
+    """The stream-position kernel args ``(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+    position_in_memory)``.
 
     ``position``: None, or the int64 pair [seed, offset] on the kernel's device, which the kernel
-    then reads (``seed`` and ``offset`` are ignored); ``dummy``: any tensor of the launch, passed
-    as the unused pointer otherwise.
+    then reads (``seed`` and ``offset`` are ignored). Otherwise the pointer is an int64 pair of
+    zeros kept per device (created outside any capture: only this path makes it), so both modes
+    launch the same compiled kernel.
     """
     if position is not None:
-        return (position, 0, 0, 0, 0), True
-    return (dummy, *split_to_i32(seed), *split_to_i32(offset)), False
+        return position, 0, 0, 0, 0, 1
+    if device not in _DUMMY_POSITION:
+        import torch
+
+        _DUMMY_POSITION[device] = torch.zeros(2, dtype=torch.int64, device=device)
+    return (_DUMMY_POSITION[device], *split_to_i32(seed), *split_to_i32(offset), 0)
 
 
 def coalesce(shape, strides_list):

@@ -20,7 +20,7 @@ from .layout import (_broadcast_layout, _broadcast_offset, _metas, _tile_coords,
                      tile_layout)
 from .philox import _position_words, _stream_block, _stream_tile
 
-_SEED_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi"]
+_SEED_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi", "position_in_memory"]
 
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
 
@@ -39,12 +39,12 @@ def _operand(ptr, idx, mask, other, SCALAR: tl.constexpr, s1, s2, s3, t0, t1, t2
 def _normal_rsample_fwd_kernel(
     z_ptr, log_prob_ptr, loc_ptr, scale_ptr, numel, pid_base,
     s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
-    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, position_in_memory,
     BLOCK: tl.constexpr, WITH_LOG_PROB: tl.constexpr, LOC_SCALAR: tl.constexpr, SCALE_SCALAR: tl.constexpr,
-    FAST_MATH: tl.constexpr, POSITION_IN_MEMORY: tl.constexpr,
+    FAST_MATH: tl.constexpr,
 ):
     seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
-                                                             POSITION_IN_MEMORY)
+                                                             position_in_memory)
     pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = z_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = z_ptr.dtype.element_ty.primitive_bitwidth == 16
@@ -65,12 +65,12 @@ def _normal_rsample_fwd_kernel(
 def _normal_rsample_bwd_kernel(
     grad_scale_ptr, grad_z_ptr, grad_log_prob_ptr, scale_ptr, numel, pid_base,
     s1, s2, s3, gz_t0, gz_t1, gz_t2, gz_t3, glp_t0, glp_t1, glp_t2, glp_t3, scale_t0, scale_t1, scale_t2, scale_t3,
-    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, position_in_memory,
     BLOCK: tl.constexpr, HAS_GRAD_Z: tl.constexpr, HAS_GRAD_LOG_PROB: tl.constexpr, SCALE_SCALAR: tl.constexpr,
-    FAST_MATH: tl.constexpr, POSITION_IN_MEMORY: tl.constexpr,
+    FAST_MATH: tl.constexpr,
 ):
     seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
-                                                             POSITION_IN_MEMORY)
+                                                             position_in_memory)
     pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = scale_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = scale_ptr.dtype.element_ty.primitive_bitwidth == 16
@@ -91,12 +91,12 @@ def _normal_rsample_bwd_kernel(
 @triton.jit(do_not_specialize=_SEED_ARGS)
 def _normal_rsample_fwd_2d_kernel(
     z_ptr, log_prob_ptr, loc_ptr, scale_ptr, R, D, loc_t0, loc_t1, scale_t0, scale_t1,
-    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, position_in_memory,
     BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr, WITH_LOG_PROB: tl.constexpr, LOC_KIND: tl.constexpr,
-    SCALE_KIND: tl.constexpr, FAST_MATH: tl.constexpr, POSITION_IN_MEMORY: tl.constexpr,
+    SCALE_KIND: tl.constexpr, FAST_MATH: tl.constexpr,
 ):
     seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
-                                                             POSITION_IN_MEMORY)
+                                                             position_in_memory)
     # the output as R rows of D elements, one BR x BC tile per program (layout.tile_layout)
     rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC, IDX64)
     IS_FP64: tl.constexpr = z_ptr.dtype.element_ty == tl.float64
@@ -115,13 +115,13 @@ def _normal_rsample_fwd_2d_kernel(
 @triton.jit(do_not_specialize=_SEED_ARGS)
 def _normal_rsample_bwd_2d_kernel(
     grad_scale_ptr, grad_z_ptr, grad_log_prob_ptr, scale_ptr, R, D,
-    gz_t0, gz_t1, glp_t0, glp_t1, scale_t0, scale_t1, seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+    gz_t0, gz_t1, glp_t0, glp_t1, scale_t0, scale_t1,
+    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, position_in_memory,
     BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr, HAS_GRAD_Z: tl.constexpr, HAS_GRAD_LOG_PROB: tl.constexpr,
     GZ_KIND: tl.constexpr, GLP_KIND: tl.constexpr, SCALE_KIND: tl.constexpr, FAST_MATH: tl.constexpr,
-    POSITION_IN_MEMORY: tl.constexpr,
 ):
     seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
-                                                             POSITION_IN_MEMORY)
+                                                             position_in_memory)
     rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC, IDX64)
     IS_FP64: tl.constexpr = scale_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = scale_ptr.dtype.element_ty.primitive_bitwidth == 16
@@ -176,9 +176,9 @@ def normal_rsample_fwd(loc, scale, sample_shape, seed: int, offset: int, with_lo
             plan = _fwd_plan(out_shape, _metas((loc, scale)), loc.dtype, with_log_prob, fast_math(z))
         tiled, launches, constexprs = plan
         kernel = _normal_rsample_fwd_2d_kernel if tiled else _normal_rsample_fwd_kernel
-        words, in_memory = position_args(seed, offset, position, z)
+        words = position_args(seed, offset, position, z.device)
         for grid, args in launches:
-            kernel[grid](z, log_prob, loc, scale, *args, *words, **constexprs, POSITION_IN_MEMORY=in_memory)
+            kernel[grid](z, log_prob, loc, scale, *args, *words, **constexprs)
     return (z, log_prob) if with_log_prob else z
 
 
@@ -194,7 +194,7 @@ def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int, pos
         gz = grad_z if grad_z is not None else scale
         glp = grad_log_prob if grad_log_prob is not None else scale
         block = block_counters(scale.dtype)
-        words, in_memory = position_args(seed, offset, position, grad_scale)
+        words = position_args(seed, offset, position, grad_scale.device)
         tile = tile_layout(out_shape, gz, glp, scale, elements=4 * block, need_d4=True)
         if tile is not None:
             R, D, ops, br, bc = tile
@@ -203,7 +203,7 @@ def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int, pos
                 grad_scale, gz, glp, scale, R, D, g0, g1, p0, p1, st0, st1,
                 *words, BR=br, BC=bc, IDX64=needs_idx64(R, D, br, ops),
                 HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_PROB=grad_log_prob is not None,
-                GZ_KIND=gk, GLP_KIND=pk, SCALE_KIND=sk, FAST_MATH=fast_math(grad_scale), POSITION_IN_MEMORY=in_memory,
+                GZ_KIND=gk, GLP_KIND=pk, SCALE_KIND=sk, FAST_MATH=fast_math(grad_scale),
             )
             return reduce_to(grad_scale, scale.shape).to(scale.dtype)
         (gz, glp, scale_b), layout = broadcast_args(out_shape, gz, glp, scale)
@@ -211,6 +211,6 @@ def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int, pos
             _normal_rsample_bwd_kernel[(programs,)](
                 grad_scale, gz, glp, scale_b, numel_arg, pid_base, *layout, *words,
                 BLOCK=block, HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_PROB=grad_log_prob is not None,
-                SCALE_SCALAR=scale.numel() == 1, FAST_MATH=fast_math(grad_scale), POSITION_IN_MEMORY=in_memory,
+                SCALE_SCALAR=scale.numel() == 1, FAST_MATH=fast_math(grad_scale),
             )
     return reduce_to(grad_scale, scale.shape).to(scale.dtype)

@@ -100,11 +100,12 @@ def _box_muller64(u_r, u_theta):
 
 
 @triton.jit
-def _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, IN_MEMORY: tl.constexpr):
-    """The stream position as four i32 words: the kernel's own arguments, or (IN_MEMORY) the int64
-    pair [seed, offset] at ``seed_offset_ptr``, read on the device: what a CUDA graph replays with
-    new values each time and what torch.compile passes without reading it on the host."""
-    if IN_MEMORY:
+def _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, in_memory):
+    """The stream position as four i32 words: the kernel's own arguments, or (``in_memory`` != 0)
+    the int64 pair [seed, offset] at ``seed_offset_ptr``, read on the device: what a CUDA graph
+    replays with new values each time. A run-time flag, not a constexpr: the kernel an eager
+    warm-up compiles is the one a capture then launches (no compile, no module load under capture)."""
+    if in_memory != 0:
         seed = tl.load(seed_offset_ptr)
         offset = tl.load(seed_offset_ptr + 1)
         seed_lo = seed.to(tl.int32)
@@ -188,11 +189,12 @@ def _stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC: tl.con
     return eps
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi"])
-def _philox_randn_kernel(out_ptr, numel, pid_base, seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constexpr,
-                         FAST_MATH: tl.constexpr, POSITION_IN_MEMORY: tl.constexpr):
+@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi", "position_in_memory"])
+def _philox_randn_kernel(out_ptr, numel, pid_base, seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, position_in_memory,
+                         BLOCK: tl.constexpr,
+                         FAST_MATH: tl.constexpr):
     seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
-                                                             POSITION_IN_MEMORY)
+                                                             position_in_memory)
     pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = out_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = out_ptr.dtype.element_ty.primitive_bitwidth == 16
@@ -207,10 +209,9 @@ def philox_randn(shape, seed: int, offset: int, dtype: torch.dtype, device, posi
     if numel == 0:
         return out
     block = block_counters(dtype)
-    words, in_memory = position_args(seed, offset, position, out)
+    words = position_args(seed, offset, position, out.device)
     for programs, numel_arg, pid_base in launch_splits(numel, 4 * block):
-        _philox_randn_kernel[(programs,)](out, numel_arg, pid_base, *words, BLOCK=block, FAST_MATH=fast_math(out),
-                                          POSITION_IN_MEMORY=in_memory)
+        _philox_randn_kernel[(programs,)](out, numel_arg, pid_base, *words, BLOCK=block, FAST_MATH=fast_math(out))
     return out
 
 

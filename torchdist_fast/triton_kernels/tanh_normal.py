@@ -32,7 +32,7 @@ from .philox import _offset64, _position_words, _stream_normals
 LOG_SQRT_2PI = tl.constexpr(0.5 * math.log(2 * math.pi))
 LN2 = tl.constexpr(math.log(2.0))
 TILE = 2048        # elements per program (BR * DP)
-_SEED_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi"]
+_SEED_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi", "position_in_memory"]
 
 
 @triton.jit
@@ -83,12 +83,12 @@ def _tile(pid, rows, D, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, 
 def _tanh_normal_fwd_kernel(
     a_ptr, lp_ptr, loc_ptr, scale_ptr, rows, D,
     s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
-    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, position_in_memory,
     MID: tl.constexpr, HALF: tl.constexpr, BR: tl.constexpr, DP: tl.constexpr, NC: tl.constexpr,
-    WITH_LOG_PROB: tl.constexpr, FAST_MATH: tl.constexpr, SQUASH: tl.constexpr, POSITION_IN_MEMORY: tl.constexpr,
+    WITH_LOG_PROB: tl.constexpr, FAST_MATH: tl.constexpr, SQUASH: tl.constexpr,
 ):
     seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
-                                                             POSITION_IN_MEMORY)
+                                                             position_in_memory)
     pid = tl.program_id(0).to(tl.int64)
     IS_FP64: tl.constexpr = a_ptr.dtype.element_ty == tl.float64
     CDT: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
@@ -115,13 +115,13 @@ def _tanh_normal_fwd_kernel(
 def _tanh_normal_bwd_kernel(
     g_loc_ptr, g_scale_ptr, ga_ptr, gl_ptr, loc_ptr, scale_ptr, rows, D,
     s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
-    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, position_in_memory,
     HALF: tl.constexpr, BR: tl.constexpr, DP: tl.constexpr, NC: tl.constexpr,
     HAS_GA: tl.constexpr, HAS_GL: tl.constexpr, NEED_LOC: tl.constexpr, NEED_SCALE: tl.constexpr,
-    FAST_MATH: tl.constexpr, SQUASH: tl.constexpr, POSITION_IN_MEMORY: tl.constexpr,
+    FAST_MATH: tl.constexpr, SQUASH: tl.constexpr,
 ):
     seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
-                                                             POSITION_IN_MEMORY)
+                                                             position_in_memory)
     pid = tl.program_id(0).to(tl.int64)
     IS_FP64: tl.constexpr = loc_ptr.dtype.element_ty == tl.float64
     CDT: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
@@ -180,11 +180,11 @@ def tanh_normal_fwd(loc, scale, full_shape, event_dims, mid, half, seed, offset,
     rows = a.numel() // D
     loc, scale, layout = _layout(full_shape, loc, scale)
     br, dp, nc = blocks(D)
-    words, in_memory = position_args(seed, offset, position, a)
+    words = position_args(seed, offset, position, a.device)
     _tanh_normal_fwd_kernel[(cdiv(rows, br),)](
         a, lp if lp is not None else a, loc, scale, rows, D, *layout, *words,
         MID=float(mid), HALF=float(half), BR=br, DP=dp, NC=nc, WITH_LOG_PROB=with_log_prob, FAST_MATH=fast_math(a),
-        SQUASH=squash, POSITION_IN_MEMORY=in_memory,
+        SQUASH=squash,
     )
     return a, lp
 
@@ -209,12 +209,12 @@ def tanh_normal_bwd(grad_a, grad_lp, loc, scale, full_shape, event_dims, half, s
         ga = grad_a.contiguous() if grad_a is not None else None
         gl = grad_lp.contiguous() if grad_lp is not None else None
         br, dp, nc = blocks(D)
-        words, in_memory = position_args(seed, offset, position, dummy)
+        words = position_args(seed, offset, position, dummy.device)
         _tanh_normal_bwd_kernel[(cdiv(rows, br),)](
             *(b if b is not None else dummy for b in bufs), ga if ga is not None else dummy, gl if gl is not None else dummy,
             loc_b, scale_b, rows, D, *layout, *words,
             HALF=float(half), BR=br, DP=dp, NC=nc, HAS_GA=ga is not None, HAS_GL=gl is not None,
             NEED_LOC=bool(output_mask[0]), NEED_SCALE=bool(output_mask[1]), FAST_MATH=fast_math(dummy), SQUASH=squash,
-            POSITION_IN_MEMORY=in_memory,
+           
         )
     return tuple(None if b is None else reduce_to(b, t.shape).to(t.dtype) for b, t in zip(bufs, (loc, scale)))
