@@ -151,3 +151,23 @@ def test_second_derivatives_through_the_kernels_raise_on_both_paths(direct, cpu_
         (g,) = torch.autograd.grad((z * z).sum(), scale, create_graph=True)
         with pytest.raises(RuntimeError):
             torch.autograd.grad(g.sum(), scale)
+
+
+@pytest.mark.parametrize("shapes", [((3, 8), (3, 8), (3, 8)), ((2, 5, 4), (4,), ()), ((6,), (2, 6), (1, 6))])
+@pytest.mark.parametrize("needs", [(True, True, True), (False, True, False), (True, False, False)])
+def test_log_prob_fast_path_is_the_op_bit_for_bit(shapes, needs, triton_device, monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    value, loc, scale = (torch.randn(s, generator=g) for s in shapes)
+    scale = scale.abs() + 0.3
+    value, loc, scale = (t.to(triton_device).requires_grad_(n) for t, n in zip((value, loc, scale), needs))
+    results = []
+    for direct in (True, False):
+        monkeypatch.setattr(eager, "direct_ok", (lambda *t: True) if direct else (lambda *t: False))
+        lp = torchdist_fast.Normal(loc, scale, validate_args=False).log_prob(value)
+        wanted = [t for t, n in zip((value, loc, scale), needs) if n]
+        weights = torch.linspace(-1, 2, lp.numel(), device=lp.device).reshape(lp.shape)
+        grads = torch.autograd.grad((lp * weights).sum(), wanted)
+        results.append((lp, grads))
+    (lp_fast, g_fast), (lp_op, g_op) = results
+    assert torch.equal(lp_fast, lp_op) and len(g_fast) == len(g_op)
+    assert all(torch.equal(a, b) for a, b in zip(g_fast, g_op))

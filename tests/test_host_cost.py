@@ -63,7 +63,7 @@ def test_host_overhead_benchmark_runs(tmp_path):
     res = _cli("torchdist_fast.host_overhead", "--calls", "50", "--repeats", "1", "--json", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads(out.read_text())
-    assert set(data["rows"]) == {"rsample", "rsample_and_log_prob", "tanh_normal rsample_and_log_prob"}
+    assert set(data["rows"]) == {"rsample", "rsample_and_log_prob", "log_prob", "tanh_normal rsample_and_log_prob"}
     assert data["shape"] == [256, 8]
     for row in data["rows"].values():
         assert set(row) == {"torch eager", "ours, cpu generator", "ours, offset generator"}

@@ -196,6 +196,8 @@ def _log_prob_unchecked(d, value):
     if args is None:
         return _torch_log_prob(d, value)
     if uses_gpu_kernels(args[0].device):  # CUDA (and CPU under cpu_kernel("triton")): the fused kernel
+        if eager.direct_ok(*args):
+            return eager.log_prob(*args)
         return torch.ops.torchdist_fast.normal_log_prob(*args)
     return _log_prob_formula(*args)
 

@@ -1,8 +1,8 @@
 """The eager fast path of the sampling ops: their implementation called without the dispatcher.
 
-Covers ``normal_rsample`` / ``normal_sample`` / ``normal_rsample_log_prob`` (``Normal``) and the
-event ops ``tanh_normal_rsample`` (``TanhNormal``) and ``normal_rsample_log_prob_sum``
-(``IndependentNormal``).
+Covers ``normal_rsample`` / ``normal_sample`` / ``normal_rsample_log_prob`` and ``normal_log_prob``
+(``Normal``) and the event ops ``tanh_normal_rsample`` (``TanhNormal``) and
+``normal_rsample_log_prob_sum`` (``IndependentNormal``).
 
 Why: at RL batch sizes (a few thousand elements) a sampling call costs host time, not GPU time.
 Through ``torch.ops`` one ``rsample`` is a Python op that draws the stream position into a
@@ -130,3 +130,31 @@ def event_rsample(loc, scale, sample_shape, event_dims: int, low: float, high: f
         return _apply_event_rsample(loc, scale, args, where, with_log_prob, squash)
     with torch.no_grad():
         return ops.event_rsample_impl(loc, scale, *args, *where, with_log_prob, squash)
+
+
+class _LogProb(torch.autograd.Function):
+    """normal_log_prob (the op's autograd: ops._log_prob_backward)."""
+
+    @staticmethod
+    def forward(ctx, value, loc, scale):
+        ctx.save_for_backward(value, loc, scale)  # the inputs themselves: no new memory
+        return ops.log_prob_impl(value, loc, scale)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        value, loc, scale = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad)
+        grads = ops.log_prob_backward_impl(grad, value, loc, scale, mask)
+        return tuple(g if need else None for g, need in zip(grads, mask))
+
+
+_apply_log_prob = super(torch.autograd.Function, _LogProb).apply
+
+
+def log_prob(value, loc, scale):
+    """``normal_log_prob(value, loc, scale)`` (one float dtype, one device). Call only where ``direct_ok``."""
+    if torch.is_grad_enabled() and (value.requires_grad or loc.requires_grad or scale.requires_grad):
+        return _apply_log_prob(value, loc, scale)
+    with torch.no_grad():
+        return ops.log_prob_impl(value, loc, scale)

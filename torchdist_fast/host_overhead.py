@@ -6,7 +6,7 @@ path with every Triton kernel launch replaced by a no-op (so it runs, and means 
 machine without a GPU), beside torch eager's ``Normal.rsample`` and ``rsample`` + ``log_prob``
 doing their real work on the same device (and SAC's squashed Gaussian: torch's
 ``TransformedDistribution(Independent(Normal), [TanhTransform])`` rsample + log_prob against
-``TanhNormal.rsample_and_log_prob``). Parameters require grad (a policy's outputs), so the
+``TanhNormal.rsample_and_log_prob``; and ``log_prob`` of a given value). Parameters require grad (a policy's outputs), so the
 autograd bookkeeping is in every column.
 
 Columns of ours, by where the stream position comes from:
@@ -117,6 +117,8 @@ def _cases(loc, scale):
 
     import torchdist_fast as tdf
 
+    value = torch.randn(loc.shape, device=loc.device)
+
     def torch_rsample_lp():
         d = torch.distributions.Normal(loc, scale, validate_args=False)
         z = d.rsample()
@@ -133,6 +135,8 @@ def _cases(loc, scale):
                     lambda: tdf.Normal(loc, scale, validate_args=False).rsample()),
         "rsample_and_log_prob": (torch_rsample_lp,
                                  lambda: tdf.Normal(loc, scale, validate_args=False).rsample_and_log_prob()),
+        "log_prob": (lambda: torch.distributions.Normal(loc, scale, validate_args=False).log_prob(value),
+                     lambda: tdf.Normal(loc, scale, validate_args=False).log_prob(value)),
         "tanh_normal rsample_and_log_prob": (
             torch_tanh_normal, lambda: tdf.TanhNormal(loc, scale, validate_args=False).rsample_and_log_prob()),
     }

@@ -252,10 +252,22 @@ def _log_prob_shape(value, loc, scale):
     schema="(Tensor value, Tensor loc, Tensor scale) -> Tensor",
 )
 def normal_log_prob(value, loc, scale):
+    return log_prob_impl(value, loc, scale)
+
+
+def log_prob_impl(value, loc, scale):
+    """What normal_log_prob computes (also the eager fast path's forward, ``eager.py``)."""
     _log_prob_shape(value, loc, scale)
     if uses_gpu_kernels(value.device):
         return _launchers(value.device).normal_log_prob_fwd(value, loc, scale)
     return reference.normal_log_prob(value, loc, scale)
+
+
+def log_prob_backward_impl(grad, value, loc, scale, output_mask):
+    """(grad_value, grad_loc, grad_scale) of normal_log_prob; None where ``output_mask`` is False."""
+    if uses_gpu_kernels(value.device):
+        return _launchers(value.device).normal_log_prob_bwd(grad, value, loc, scale, output_mask)
+    return reference.normal_log_prob_backward(grad, value, loc, scale, output_mask)
 
 
 @normal_log_prob.register_fake
@@ -269,10 +281,7 @@ def _(value, loc, scale):
 )
 def normal_log_prob_backward(grad, value, loc, scale, output_mask):
     """(grad_value, grad_loc, grad_scale); an unneeded one (output_mask False) is an empty tensor."""
-    if uses_gpu_kernels(value.device):
-        grads = _launchers(value.device).normal_log_prob_bwd(grad, value, loc, scale, output_mask)
-    else:
-        grads = reference.normal_log_prob_backward(grad, value, loc, scale, output_mask)
+    grads = log_prob_backward_impl(grad, value, loc, scale, output_mask)
     return tuple(g if g is not None else t.new_empty(0) for g, t in zip(grads, (value, loc, scale)))
 
 
