@@ -90,6 +90,20 @@ def split_to_i32(value: int) -> tuple[int, int]:
     return tuple(w - (1 << 32) if w >= (1 << 31) else w for w in (lo, hi))
 
 
+def grad_buffer(t, out_shape, needed: bool):
+    """The per-element gradient buffer of input ``t`` over ``out_shape``, or None when not ``needed``:
+    in the compute dtype when it is summed over broadcast dims afterwards (``reduce_to``), else in
+    ``t``'s own dtype (no reduction: the kernel's rounding is the final one)."""
+    if not needed:
+        return None
+    import torch
+
+    from ..reference import compute_dtype
+
+    reduce = tuple(t.shape) != tuple(out_shape)
+    return torch.empty(out_shape, dtype=compute_dtype(t.dtype) if reduce else t.dtype, device=t.device)
+
+
 _DUMMY_POSITION: dict = {}
 
 

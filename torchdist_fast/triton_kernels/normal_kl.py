@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import compute_dtype, reduce_to
-from .layout import _broadcast_offset, broadcast_args, launch_splits
+from ..reference import reduce_to
+from .layout import _broadcast_offset, broadcast_args, grad_buffer, launch_splits
 
 ABSENT, SCALAR, TENSOR = 0, 1, 2
 BLOCK = 1024
@@ -118,13 +118,7 @@ def normal_kl_bwd(grad, p_loc, p_scale, q_loc, q_scale, output_mask):
     out_shape = tuple(grad.shape)
     need = [bool(m) and t is not None for m, t in zip(output_mask, params)]
 
-    def elem_buffer(t, needed):
-        if not needed:
-            return None
-        reduce = tuple(t.shape) != out_shape
-        return torch.empty(out_shape, dtype=compute_dtype(t.dtype) if reduce else t.dtype, device=grad.device)
-
-    bufs = [elem_buffer(t, n) for t, n in zip(params, need)]
+    bufs = [grad_buffer(t, out_shape, n) for t, n in zip(params, need)]
     numel = grad.numel()
     if numel and any(need):
         dummy = next(b for b in bufs if b is not None)

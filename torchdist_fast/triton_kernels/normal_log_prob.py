@@ -10,8 +10,9 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from ..reference import compute_dtype, reduce_to
-from .layout import _broadcast_offset, _tile_coords, _tile_operand, block_counters, broadcast_args, launch_splits, needs_idx64, tile_grid, tile_layout
+from ..reference import reduce_to
+from .layout import (_broadcast_offset, _tile_coords, _tile_operand, block_counters, broadcast_args, grad_buffer,
+                     launch_splits, needs_idx64, tile_grid, tile_layout)
 from .normal_rsample import _operand
 
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
@@ -148,13 +149,7 @@ def normal_log_prob_bwd(grad, value, loc, scale, output_mask):
     out_shape = tuple(grad.shape)
     inputs = (value, loc, scale)
 
-    def elem_buffer(t, needed):
-        if not needed:
-            return None
-        reduce = tuple(t.shape) != out_shape
-        return torch.empty(out_shape, dtype=compute_dtype(t.dtype) if reduce else t.dtype, device=t.device)
-
-    bufs = [elem_buffer(t, need) for t, need in zip(inputs, output_mask)]
+    bufs = [grad_buffer(t, out_shape, need) for t, need in zip(inputs, output_mask)]
     numel = grad.numel()
     if numel and any(output_mask):
         dummy = next(b for b in bufs if b is not None)

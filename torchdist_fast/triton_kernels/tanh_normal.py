@@ -25,8 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import compute_dtype, reduce_to
-from .layout import _broadcast_offset, broadcast_args, cdiv, fast_math, next_power_of_2, position_args
+from ..reference import reduce_to
+from .layout import _broadcast_offset, broadcast_args, cdiv, fast_math, grad_buffer, next_power_of_2, position_args
 from .philox import _offset64, _position_words, _stream_normals
 
 LOG_SQRT_2PI = tl.constexpr(0.5 * math.log(2 * math.pi))
@@ -195,13 +195,7 @@ def tanh_normal_bwd(grad_a, grad_lp, loc, scale, full_shape, event_dims, half, s
     full_shape = tuple(full_shape)
     numel = math.prod(full_shape)
     D = event_size(full_shape, event_dims)
-    bufs = []
-    for t, need in zip((loc, scale), output_mask):
-        if not need:
-            bufs.append(None)
-            continue
-        reduce = tuple(t.shape) != full_shape
-        bufs.append(torch.empty(full_shape, dtype=compute_dtype(t.dtype) if reduce else t.dtype, device=t.device))
+    bufs = [grad_buffer(t, full_shape, need) for t, need in zip((loc, scale), output_mask)]
     if numel and any(output_mask):
         rows = numel // D
         dummy = next(b for b in bufs if b is not None)
