@@ -184,3 +184,25 @@ def test_ops_workload_runs_every_op_on_cpu():
 
 def test_ncu_workload_runs_on_cpu():
     gpu_check.workload_ncu("cpu", n=64)
+
+
+def test_summary_of_the_graphs_and_steps_stages(tmp_path):
+    from torchdist_fast import host_overhead
+
+    (tmp_path / "graphs").mkdir()
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "graphs" / "junit.xml").write_text(
+        '<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="9" failures="0" errors="0" skipped="0"/></testsuites>')
+    rows = {op: {"torch eager": 2e-5, "ours, cuda generator": 1e-5} for op in host_overhead.TARGETS}
+    (tmp_path / "graphs" / "host_overhead.json").write_text(json.dumps({"device": "cuda", "shape": [256, 8], "rows": rows}))
+    steps = {"sac | eager | torch": 500.0, "sac | eager | torchdist_fast": 750.0,
+             "sac | reduce-overhead | torch": 900.0, "sac | reduce-overhead | torchdist_fast": "failed: RuntimeError: x"}
+    (tmp_path / "steps" / "step_rate.json").write_text(json.dumps({"device": "cuda", "steps": 200, "rows": steps}))
+    stages = {n: {"status": "ok", "reason": None, "seconds": 1.0, "commands": []} for n in ("graphs", "steps")}
+    (tmp_path / "stages.json").write_text(json.dumps(stages))
+    text = gpu_check.write_summary(tmp_path).read_text()
+    assert "## CUDA graphs and per-call cost" in text and "9 passed, 0 failed, 0 errors, 0 skipped" in text
+    assert "| rsample | ours, cuda generator | 10.0 us | 0.50 | <= 1.00 |" in text
+    assert "## Training steps per second" in text and "| sac | eager | 500/s | 750/s | 1.50 |" in text
+    assert "| sac | reduce-overhead | 900/s | failed: RuntimeError: x | - |" in text
+    assert "| graphs | ok |" in text and "| steps | ok |" in text

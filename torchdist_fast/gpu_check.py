@@ -19,9 +19,10 @@ Stages (each can run alone, each is stopped after --stage-timeout seconds, 600 b
   bench-bf16    the same in bfloat16
   ncu           Nsight Compute: DRAM bytes, time and throughput per kernel at 2^24, and a copy kernel
   cuda-backend  kernels/check_compile.py, build the CUDA C++ backend, its tests on the device
-  graphs        CUDA graph capture tests (graph-safe draws need the backend built above), host time
-                per call (python -m torchdist_fast.host_overhead), SAC / REINFORCE update steps per
-                second: eager, torch.compile, reduce-overhead (python -m torchdist_fast.step_rate)
+  graphs        CUDA graph capture tests (graph-safe draws need the CUDA backend: built here if
+                cuda-backend did not), host time per call (python -m torchdist_fast.host_overhead)
+  steps         SAC / REINFORCE update steps per second: eager, torch.compile, reduce-overhead
+                (python -m torchdist_fast.step_rate)
   vae           the VAE example at batch 65536 for 200 steps, both implementations
 
 Everything goes into one folder (--out): logs/, stages.json, the results JSON and plots, and a
@@ -138,13 +139,20 @@ def _stages() -> dict:
                             f"--junitxml={out / 'cuda-backend' / 'junit.xml'}"), NO_INTERPRET)]
 
     def graphs_cmds(out):
-        # after cuda-backend, whose build gives graph-safe draws (tests/test_cuda_graphs.py)
-        return [Command(_py("-m", "pytest", "tests/test_cuda_graphs.py", "-q", "-p", "no:cacheprovider",
+        # graph-safe draws need the CUDA backend extension: built here unless cuda-backend built it
+        build = ("import subprocess, sys\nfrom torchdist_fast import cuda_backend\n"
+                 "sys.exit(0 if cuda_backend.available() else "
+                 "subprocess.call([sys.executable, 'setup_cuda.py', 'build_ext', '--inplace']))")
+        return [Command(_py("-c", build), {**NO_INTERPRET, "TORCH_CUDA_ARCH_LIST": _arch()}),
+                Command(_py("-m", "pytest", "tests/test_cuda_graphs.py", "-q", "-p", "no:cacheprovider",
                             f"--junitxml={out / 'graphs' / 'junit.xml'}"), NO_INTERPRET),
                 Command(_py("-m", "torchdist_fast.host_overhead", "--device", "cuda",
-                            "--json", str(out / "graphs" / "host_overhead.json")), NO_INTERPRET),
-                Command(_py("-m", "torchdist_fast.step_rate", "--device", "cuda",
-                            "--json", str(out / "graphs" / "step_rate.json")), NO_INTERPRET)]
+                            "--json", str(out / "graphs" / "host_overhead.json")), NO_INTERPRET)]
+
+    def steps_cmds(out):
+        # its own stage: 12 columns, 8 of them compiled (minutes of compile warm-up)
+        return [Command(_py("-m", "torchdist_fast.step_rate", "--device", "cuda",
+                            "--json", str(out / "steps" / "step_rate.json")), NO_INTERPRET)]
 
     def vae_cmds(out):
         return [Command(_py("-m", "torchdist_fast.examples.vae", "--device", "cuda", "--batch-size", "65536",
@@ -160,8 +168,9 @@ def _stages() -> dict:
         Stage("bench-bf16", "the full benchmark, bfloat16, 2^0..2^28", True, (), bench_cmds("bfloat16")),
         Stage("ncu", "Nsight Compute DRAM throughput per kernel at 2^24", True, ("ncu",), ncu_cmds),
         Stage("cuda-backend", "nvcc check, build and test the CUDA C++ backend", True, ("nvcc",), cuda_backend_cmds),
-        Stage("graphs", "CUDA graph capture tests, host time per call, SAC/REINFORCE steps per second", True, (),
+        Stage("graphs", "CUDA graph capture tests (builds the CUDA backend if missing), host time per call", True, (),
               graphs_cmds),
+        Stage("steps", "SAC / REINFORCE update steps per second: eager, compile, reduce-overhead", True, (), steps_cmds),
         Stage("vae", "the VAE example, batch 65536, 200 steps", True, (), vae_cmds),
     ]
     return {s.name: s for s in stages}
@@ -358,6 +367,7 @@ def write_summary(out: Path) -> Path:
         ("Nsight Compute", "ncu", lambda: _ncu_section(out / "ncu" / "ncu.csv")),
         ("CUDA C++ backend", "cuda-backend", lambda: [_junit_counts(out / "cuda-backend" / "junit.xml") or "no junit.xml"]),
         ("CUDA graphs and per-call cost", "graphs", lambda: _graphs_section(out / "graphs")),
+        ("Training steps per second", "steps", lambda: _steps_section(out / "steps" / "step_rate.json")),
         ("VAE, batch 65536", "vae", lambda: _vae_section(out / "vae" / "vae.json")),
     ):
         ran = [k for k in stages if k == name or k.startswith(name + "-")]
@@ -375,13 +385,17 @@ def write_summary(out: Path) -> Path:
 
 
 def _graphs_section(folder: Path) -> list[str]:
-    from . import host_overhead, step_rate
+    from . import host_overhead
 
-    lines = [_junit_counts(folder / "junit.xml") or "no junit.xml", ""]
-    for name, fmt in (("host_overhead.json", host_overhead.table), ("step_rate.json", step_rate.table)):
-        path = folder / name
-        lines += [fmt(json.loads(path.read_text())), ""] if path.exists() else [f"no {name}", ""]
-    return lines
+    path = folder / "host_overhead.json"
+    return [_junit_counts(folder / "junit.xml") or "no junit.xml", "",
+            host_overhead.table(json.loads(path.read_text())) if path.exists() else "no host_overhead.json"]
+
+
+def _steps_section(path: Path) -> list[str]:
+    from . import step_rate
+
+    return [step_rate.table(json.loads(path.read_text())) if path.exists() else "no step_rate.json"]
 
 
 def _memcheck_lines(path: Path) -> list[str]:
