@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 import torchdist_fast
 from torchdist_fast import bench
@@ -184,3 +185,27 @@ def test_gpu_small_batch_summary_columns():
     assert "Small batches (cuda, float32)" in text and "host-bound (eager / compile / ours)" in text
     assert "| sample | fwd | 2^6 | 40.0 us | 20.0 us | 10.0 us | 0.25 | 0.50 | 42.0 us / 21.0 us / 13.0 us | host / host / GPU |" in text
     assert "HOST" in bench.format_table(data)
+
+
+@pytest.mark.parametrize("op", bench.FAMILY_OPS)
+@pytest.mark.parametrize("mode", bench.MODES)
+def test_family_ops_do_the_same_work_in_each_column(op, mode):
+    """The opt-in family rows: torch's composition and ours compute the same thing (the same
+    numbers for KL and the event log_prob; the same shapes for the tanh-Normal, whose noise is
+    each library's own), forward and backward."""
+    import torchdist_fast
+
+    loc, scale, value, grad_a, grad_b = bench.make_inputs(64, "cpu", torch.float64, mode, 1)
+    outs = {}
+    for name, cls in (("torch", torch.distributions.Normal), ("ours", torchdist_fast.Normal)):
+        with torchdist_fast.cpu_sampling("philox"):  # ours on its fused paths, as on a GPU
+            outs[name] = bench.make_work(cls, op, mode)(loc, scale, value, grad_a, grad_b)
+    assert [tuple(o.shape) for o in outs["torch"]] == [tuple(o.shape) for o in outs["ours"]]
+    if op != "tanh_rsample_and_log_prob":
+        for a, b in zip(outs["torch"], outs["ours"]):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_cli_takes_the_family_ops():
+    res = _run_cli("--ops", "nope", timeout=60)
+    assert res.returncode == 2 and "tanh_rsample_and_log_prob" in res.stderr

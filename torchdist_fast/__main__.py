@@ -73,13 +73,14 @@ def _progress(total: int):
 
 
 def main(argv=None) -> int:
-    from torchdist_fast.bench import DTYPES_CHOICES, MODES, OPS
+    from torchdist_fast.bench import ALL_OPS, DTYPES_CHOICES, MODES, OPS
 
     parser = argparse.ArgumentParser(prog="python -m torchdist_fast", description=__doc__.splitlines()[0])
     parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], help="default: every available one")
     parser.add_argument("--sizes", nargs="+", type=_parse_size, help="element counts, e.g. 4096 or 2^20")
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=DTYPES_CHOICES)
-    parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS)
+    parser.add_argument("--ops", nargs="+", default=list(OPS), choices=ALL_OPS,
+                        help="default: the Normal ops; also kl, event_log_prob, tanh_rsample_and_log_prob")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--repeats", type=int, help="timed calls per measurement (default by size)")
     parser.add_argument("--quick", action="store_true", help="a few small sizes: a smoke run in about a minute")

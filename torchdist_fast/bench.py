@@ -37,6 +37,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 OPS = ("sample", "rsample", "log_prob", "rsample_and_log_prob")
+# The Normal family beyond one distribution (opt-in: ``--ops``): KL(Normal(loc, scale) || N(0, 1)),
+# the log_prob of Independent(Normal, 1) over rows of EVENT elements, and SAC's tanh-squashed
+# Normal (rsample + log_prob); torch's code is kl_divergence / Independent / TransformedDistribution
+FAMILY_OPS = ("kl", "event_log_prob", "tanh_rsample_and_log_prob")
+ALL_OPS = OPS + FAMILY_OPS
+EVENT = 8  # event elements per row of the family ops (an action dimension)
 DTYPES_CHOICES = ("float32", "float64", "float16", "bfloat16")
 MODES = ("fwd", "fwd+bwd")
 ROTATE = 3
@@ -50,10 +56,19 @@ LATENCY_MAX_SIZE = 2**12  # rows at or below this size are the small-batch (late
 #   log_prob fwd+bwd        + read grad, value, loc, scale; write grad_loc, grad_scale 10
 #   rsample_and_log_prob    read loc, scale; write z, log_prob                        4
 #     fwd+bwd               + read grad_z, grad_lp, scale; write grad_loc, grad_scale 9
+#   kl fwd                  read loc, scale; write kl                                  3
+#     fwd+bwd               + read grad, loc, scale; write grad_loc, grad_scale        8
+#   event_log_prob fwd      read value, loc, scale; write one sum per row (1/EVENT)   3.125
+#     fwd+bwd               + read grad (1/EVENT), value, loc, scale; write 2 grads   8.25
+#   tanh_rsample_and_log_prob fwd  read loc, scale; write a, log_prob (1/EVENT)      3.125
+#     fwd+bwd               + read grad_a, grad_lp (1/EVENT), loc, scale; write 2     8.25
 BYTES_PER_ELEMENT = {
     ("sample", "fwd"): 3, ("rsample", "fwd"): 3, ("rsample", "fwd+bwd"): 6,
     ("log_prob", "fwd"): 4, ("log_prob", "fwd+bwd"): 10,
     ("rsample_and_log_prob", "fwd"): 4, ("rsample_and_log_prob", "fwd+bwd"): 9,
+    ("kl", "fwd"): 3, ("kl", "fwd+bwd"): 8,
+    ("event_log_prob", "fwd"): 3.125, ("event_log_prob", "fwd+bwd"): 8.25,
+    ("tanh_rsample_and_log_prob", "fwd"): 3.125, ("tanh_rsample_and_log_prob", "fwd+bwd"): 8.25,
 }
 
 
@@ -65,6 +80,11 @@ def combos(ops=OPS, modes=MODES):
 def make_fwd(dist_cls, op: str):
     """A new function of (loc, scale, value) returning op's outputs with ``dist_cls`` (a new code
     object per call of make_fwd: a compiled copy never shares dynamo's cache with another row)."""
+
+    if op in FAMILY_OPS:
+        fwd = _family_fwd(dist_cls, op)
+        fwd.__code__ = fwd.__code__.replace(co_name=f"fwd_{op}")
+        return fwd
 
     def fwd(loc, scale, value):
         d = dist_cls(loc, scale)
@@ -83,6 +103,36 @@ def make_fwd(dist_cls, op: str):
     return fwd
 
 
+def _family_fwd(dist_cls, op: str):
+    """The family ops with ``dist_cls``: torch's classes compose torch's code, ours takes the fused
+    paths (the fused KL, ``to_event``, ``TanhNormal``)."""
+    import torchdist_fast
+
+    ours = issubclass(dist_cls, torchdist_fast.Normal)
+
+    def rows(t):  # 1-D inputs as rows of EVENT elements (one row per element below EVENT)
+        return t.view(-1, EVENT) if t.numel() % EVENT == 0 else t.view(-1, 1)
+
+    def fwd(loc, scale, value):
+        if op == "kl":
+            prior = dist_cls(loc.new_zeros(()), loc.new_ones(()))
+            return (torch.distributions.kl_divergence(dist_cls(loc, scale), prior),)
+        loc, scale, value = rows(loc), rows(scale), rows(value)
+        if op == "event_log_prob":
+            d = dist_cls(loc, scale).to_event(1) if ours else torch.distributions.Independent(dist_cls(loc, scale), 1)
+            return (d.log_prob(value),)
+        if ours:
+            return tuple(torchdist_fast.TanhNormal(loc, scale, event_dims=1).rsample_and_log_prob())
+        from torch.distributions import Independent, TransformedDistribution
+        from torch.distributions.transforms import TanhTransform
+
+        d = TransformedDistribution(Independent(dist_cls(loc, scale), 1), [TanhTransform(cache_size=1)])
+        a = d.rsample()
+        return (a, d.log_prob(a))
+
+    return fwd
+
+
 def with_backward(fwd, op: str, mode: str):
     """(loc, scale, value, grad_a, grad_b) -> fwd's outputs, or the gradients for fwd+bwd."""
 
@@ -90,8 +140,10 @@ def with_backward(fwd, op: str, mode: str):
         outs = fwd(loc, scale, value)
         if mode == "fwd" or op == "sample":
             return outs
-        # torch.autograd.grad, not .backward(): no accumulation into .grad to time as well
-        return torch.autograd.grad(outs, (loc, scale), (grad_a, grad_b)[: len(outs)])
+        # torch.autograd.grad, not .backward(): no accumulation into .grad to time as well; an
+        # output smaller than the inputs (a sum per row) takes the leading part of its grad
+        grads = tuple(g if g.shape == o.shape else g[: o.numel()].view(o.shape) for g, o in zip((grad_a, grad_b), outs))
+        return torch.autograd.grad(outs, (loc, scale), grads)
 
     return work
 
@@ -605,7 +657,7 @@ def summary_markdown(data: dict, path_label: str) -> str:
             lines.append("| op | mode | eager | torch.compile | torchdist_fast | x eager | x compile | "
                          "saved B/el (eager / compile / ours) | Philox on CPU, x eager |")
             lines.append("|---|---|---|---|---|---|---|---|---|")
-            for op, mode in combos():
+            for op, mode in combos(ALL_OPS):
                 by_impl = {r["impl"]: r for r in rows if r["size"] == size and r["op"] == op and r["mode"] == mode}
                 if not {"eager", "torchdist_fast"} <= set(by_impl):
                     continue
@@ -632,7 +684,7 @@ def summary_markdown(data: dict, path_label: str) -> str:
                     head += " wall eager / compile / ours | host-bound (eager / compile / ours) |"
                 lines.append(head)
                 lines.append("|" + "---|" * (head.count("|") - 1))
-                for op, mode in combos():
+                for op, mode in combos(ALL_OPS):
                     for s in small:
                         by_impl = {r["impl"]: r for r in rows if r["size"] == s and r["op"] == op and r["mode"] == mode}
                         if not {"eager", "torchdist_fast"} <= set(by_impl):

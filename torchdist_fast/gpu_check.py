@@ -17,6 +17,7 @@ Stages (each can run alone, each is stopped after --stage-timeout seconds, 600 b
   memcheck      compute-sanitizer memcheck on a small run of every op, forward and backward, 4 dtypes
   bench-fp32    the full benchmark, float32, sizes 2^0..2^28 (python -m torchdist_fast)
   bench-bf16    the same in bfloat16
+  bench-family  KL, the Independent log_prob and the tanh-Normal against torch's compositions, float32
   ncu           Nsight Compute: DRAM bytes, time and throughput per kernel at 2^24, and a copy kernel
   cuda-backend  kernels/check_compile.py, build the CUDA C++ backend, its tests on the device
   graphs        CUDA graph capture tests (graph-safe draws need the CUDA backend: built here if
@@ -120,10 +121,10 @@ def _stages() -> dict:
                          *_py("-m", "torchdist_fast.gpu_check", "--workload", "ops")],
                         {**NO_INTERPRET, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"})]
 
-    def bench_cmds(dtype):
+    def bench_cmds(dtype, ops=()):
         def cmds(out):
             return [Command(_py("-m", "torchdist_fast", "--devices", "cuda", "--dtypes", dtype, "--sizes", *BENCH_SIZES,
-                                "--out", str(out / "bench")), NO_INTERPRET)]
+                                *(("--ops", *ops) if ops else ()), "--out", str(out / "bench")), NO_INTERPRET)]
         return cmds
 
     def ncu_cmds(out):
@@ -166,6 +167,8 @@ def _stages() -> dict:
         Stage("memcheck", "compute-sanitizer memcheck, every op, small sizes", True, ("compute-sanitizer",), memcheck_cmds),
         Stage("bench-fp32", "the full benchmark, float32, 2^0..2^28", True, (), bench_cmds("float32")),
         Stage("bench-bf16", "the full benchmark, bfloat16, 2^0..2^28", True, (), bench_cmds("bfloat16")),
+        Stage("bench-family", "KL, Independent log_prob, tanh-Normal rows, float32, 2^0..2^28", True, (),
+              bench_cmds("float32", ("kl", "event_log_prob", "tanh_rsample_and_log_prob"))),
         Stage("ncu", "Nsight Compute DRAM throughput per kernel at 2^24", True, ("ncu",), ncu_cmds),
         Stage("cuda-backend", "nvcc check, build and test the CUDA C++ backend", True, ("nvcc",), cuda_backend_cmds),
         Stage("graphs", "CUDA graph capture tests (builds the CUDA backend if missing), host time per call", True, (),
