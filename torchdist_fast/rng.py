@@ -101,19 +101,25 @@ def check_generator(generator, device: torch.device) -> None:
         )
 
 
+def _check_draw(device: torch.device, counters: int, generator) -> None:
+    """The checks of every draw, whichever way its position is taken."""
+    check_generator(generator, device)
+    if counters < 0:
+        raise RuntimeError(f"torchdist_fast: counters must be non-negative, got {counters}")
+
+
 def take_position(device: torch.device, counters: int, generator: torch.Generator | None = None) -> tuple[int, int]:
     """Read (seed, offset) from the generator as two uint64 ints and advance it past ``counters`` counters."""
     if not isinstance(device, torch.device):
         device = torch.device(device)
-    check_generator(generator, device)
-    if counters < 0:
-        raise RuntimeError(f"torchdist_fast: counters must be non-negative, got {counters}")
+    _check_draw(device, counters, generator)
     return take_position_from(generator if generator is not None else default_generator(device), counters)
 
 
 def capturing(device: torch.device) -> bool:
-    """Whether work on ``device`` is being captured into a CUDA graph."""
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    """Whether work on ``device`` is being captured into a CUDA graph (False without CUDA: a CPU
+    build of torch has no capture to ask about)."""
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def take_seed_offset(device: torch.device, counters: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -135,9 +141,7 @@ def take_seed_offset(device: torch.device, counters: int, generator: torch.Gener
                 f"the CUDA backend extension: {cuda_backend.unavailable_reason()}"
             )
         return pack_seed_offset(*take_position(device, counters, generator))
-    check_generator(generator, device)
-    if counters < 0:
-        raise RuntimeError(f"torchdist_fast: counters must be non-negative, got {counters}")
+    _check_draw(device, counters, generator)
     from . import cuda_backend
 
     return cuda_backend.draw_position(generator, counters, device)
@@ -210,7 +214,7 @@ _OFFSET_LOCK = threading.Lock()
 def take_position_from(gen, counters: int) -> tuple[int, int]:
     if gen.device.type == "cpu":
         return _CPU_STREAMS.take(gen, counters)
-    if gen.device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+    if capturing(gen.device):
         # a host position would be baked into the graph: every replay would draw the same noise
         raise RuntimeError(
             "torchdist_fast: a stream position read on the host cannot be captured in a CUDA graph "

@@ -18,9 +18,8 @@ from ..reference import compute_dtype, reduce_to
 from .layout import (_broadcast_layout, _broadcast_offset, _metas, _tile_coords, _tile_layout, _tile_operand, block_counters,
                      broadcast_args, fast_math, launch_splits, layout_args, needs_idx64, position_args, tile_grid,
                      tile_layout)
-from .philox import _position_words, _stream_block, _stream_tile
+from .philox import POSITION_ARGS, _position_words, _stream_block, _stream_tile
 
-_SEED_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi", "position_in_memory"]
 
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
 
@@ -35,7 +34,7 @@ def _operand(ptr, idx, mask, other, SCALAR: tl.constexpr, s1, s2, s3, t0, t1, t2
     return x
 
 
-@triton.jit(do_not_specialize=_SEED_ARGS)
+@triton.jit(do_not_specialize=POSITION_ARGS)
 def _normal_rsample_fwd_kernel(
     z_ptr, log_prob_ptr, loc_ptr, scale_ptr, numel, pid_base,
     s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
@@ -61,7 +60,7 @@ def _normal_rsample_fwd_kernel(
         tl.store(log_prob_ptr + idx, log_prob.to(log_prob_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=_SEED_ARGS)
+@triton.jit(do_not_specialize=POSITION_ARGS)
 def _normal_rsample_bwd_kernel(
     grad_scale_ptr, grad_z_ptr, grad_log_prob_ptr, scale_ptr, numel, pid_base,
     s1, s2, s3, gz_t0, gz_t1, gz_t2, gz_t3, glp_t0, glp_t1, glp_t2, glp_t3, scale_t0, scale_t1, scale_t2, scale_t3,
@@ -88,7 +87,7 @@ def _normal_rsample_bwd_kernel(
     tl.store(grad_scale_ptr + idx, grad_scale.to(grad_scale_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=_SEED_ARGS)
+@triton.jit(do_not_specialize=POSITION_ARGS)
 def _normal_rsample_fwd_2d_kernel(
     z_ptr, log_prob_ptr, loc_ptr, scale_ptr, R, D, loc_t0, loc_t1, scale_t0, scale_t1,
     seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, position_in_memory,
@@ -112,7 +111,7 @@ def _normal_rsample_fwd_2d_kernel(
         tl.store(log_prob_ptr + idx, log_prob.to(log_prob_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=_SEED_ARGS)
+@triton.jit(do_not_specialize=POSITION_ARGS)
 def _normal_rsample_bwd_2d_kernel(
     grad_scale_ptr, grad_z_ptr, grad_log_prob_ptr, scale_ptr, R, D,
     gz_t0, gz_t1, glp_t0, glp_t1, scale_t0, scale_t1,

@@ -99,6 +99,11 @@ def _box_muller64(u_r, u_theta):
     return r * tl.cos(theta), r * tl.sin(theta)
 
 
+# The stream-position arguments every random kernel takes after ``seed_offset_ptr``
+# (``layout.position_args``): never specialized, so a new seed, offset or mode compiles nothing new.
+POSITION_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi", "position_in_memory"]
+
+
 @triton.jit
 def _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, in_memory):
     """The stream position as four i32 words: the kernel's own arguments, or (``in_memory`` != 0)
@@ -189,7 +194,7 @@ def _stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC: tl.con
     return eps
 
 
-@triton.jit(do_not_specialize=["seed_lo", "seed_hi", "offset_lo", "offset_hi", "position_in_memory"])
+@triton.jit(do_not_specialize=POSITION_ARGS)
 def _philox_randn_kernel(out_ptr, numel, pid_base, seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, position_in_memory,
                          BLOCK: tl.constexpr,
                          FAST_MATH: tl.constexpr):

@@ -27,12 +27,11 @@ import triton.language as tl
 
 from ..reference import reduce_to
 from .layout import _broadcast_offset, broadcast_args, cdiv, fast_math, grad_buffer, next_power_of_2, position_args
-from .philox import _offset64, _position_words, _stream_normals
+from .philox import POSITION_ARGS, _offset64, _position_words, _stream_normals
 
 LOG_SQRT_2PI = tl.constexpr(0.5 * math.log(2 * math.pi))
 LN2 = tl.constexpr(math.log(2.0))
 TILE = 2048        # elements per program (BR * DP)
-_SEED_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi", "position_in_memory"]
 
 
 @triton.jit
@@ -79,7 +78,7 @@ def _tile(pid, rows, D, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, 
     return eps.to(CDT), row, mask, e, loc, scale
 
 
-@triton.jit(do_not_specialize=_SEED_ARGS)
+@triton.jit(do_not_specialize=POSITION_ARGS)
 def _tanh_normal_fwd_kernel(
     a_ptr, lp_ptr, loc_ptr, scale_ptr, rows, D,
     s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
@@ -111,7 +110,7 @@ def _tanh_normal_fwd_kernel(
         tl.store(lp_ptr + row, total.to(lp_ptr.dtype.element_ty), mask=row < rows)
 
 
-@triton.jit(do_not_specialize=_SEED_ARGS)
+@triton.jit(do_not_specialize=POSITION_ARGS)
 def _tanh_normal_bwd_kernel(
     g_loc_ptr, g_scale_ptr, ga_ptr, gl_ptr, loc_ptr, scale_ptr, rows, D,
     s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2, scale_t3,
