@@ -1,4 +1,6 @@
 """torch.library.opcheck on every op (schema, fake kernel, autograd registration, AOT dispatch)."""
+import os
+
 import pytest
 import torch
 
@@ -37,3 +39,23 @@ def test_opcheck_draw_seed_offset():
     # does not apply; schema, fake kernel and the nondeterministic_seeded tag are checked
     torch.library.opcheck(OPS.draw_seed_offset, ("cpu", 8), test_utils=("test_schema", "test_faketensor"))
     assert torch.Tag.nondeterministic_seeded in OPS.draw_seed_offset.default.tags
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="CPU kernels run under TRITON_INTERPRET=1")
+@pytest.mark.parametrize("case", range(len(_cases())))
+def test_opcheck_with_the_kernels_in_compiled_graphs(case, monkeypatch):
+    """opcheck, and its AOT-dispatch check with static shapes, with each op replaced by its kernel
+    launches (ops.expose_kernels: what CUDA ops get under torch.compile)."""
+    from torch.testing._internal.optests import aot_autograd_check
+
+    from torchdist_fast import ops
+
+    replaced = []
+    traceable = ops.kernels_traceable
+    monkeypatch.setattr(ops, "kernels_traceable", lambda *a: replaced.append(traceable(*a)) or replaced[-1])
+    op, args = _cases()[case]
+    with torchdist_fast.cpu_kernel("triton"), ops.kernels_in_cpu_graphs():
+        torch.library.opcheck(op, args)
+        grads = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+        aot_autograd_check(op, args, {}, dynamic=False, check_gradients=grads)
+    assert any(replaced), "the op was never replaced by its kernels"

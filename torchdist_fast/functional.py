@@ -58,7 +58,12 @@ def randn(*size, generator: torch.Generator | None = None, dtype: torch.dtype | 
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"randn(): argument 'generator' must be torch.Generator, not {type(generator).__name__}")
     if device is None:
-        device = generator.device if generator is not None else torch.get_default_device()
+        if generator is not None:
+            device = generator.device
+        elif torch.compiler.is_compiling():  # dynamo cannot trace get_default_device (an empty tensor it can)
+            device = torch.empty(()).device
+        else:
+            device = torch.get_default_device()
     device = torch.device(device)
     check_generator(generator, device)
     if device.type == "cuda" and device.index is None:

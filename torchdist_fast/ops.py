@@ -11,6 +11,8 @@ a pure function of its inputs, which is what lets backward and checkpoint regene
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from . import reference, rng
@@ -632,3 +634,105 @@ def _event_rsample_grads(ctx, grad_a, grad_log_prob):
 
 tanh_normal_rsample.register_autograd(_event_rsample_grads, setup_context=_event_rsample_setup_context)
 normal_rsample_log_prob_sum.register_autograd(_event_rsample_grads, setup_context=_event_rsample_setup_context)
+
+
+# ------------------------------------------------------------------ kernels in compiled graphs
+# Under torch.compile an op is first one opaque node (its fake kernel gives the shapes). When
+# AOTAutograd functionalizes the graph, an op that would launch Triton kernels is replaced by its
+# own implementation, run on FunctionalTensors: each launch goes through ``wrap_triton``
+# (``triton_kernels.layout.launcher``) and becomes a triton_kernel_wrapper_functional node, which
+# Inductor calls from its generated code, with no Python frame of ours per call. This is what
+# ``torch.library.triton_op`` does, with one difference that is why it is not used: the choice is
+# made per call. Calls that run no Triton kernel (the CPU reference, the CUDA C++ backend), that
+# take their stream position on the host (a CPU seed_offset for a CUDA op: no extension built), or
+# that have symbolic shapes (the launch plans are computed from concrete sizes and strides) stay
+# opaque, as before. Only the draw of the stream position (draw_seed_offset) remains a Python op.
+_CPU_GRAPHS = {"on": False}
+
+
+@contextlib.contextmanager
+def kernels_in_cpu_graphs(on: bool = True):
+    """Expose the kernels of CPU ops (``cpu_kernel("triton")``, TRITON_INTERPRET=1) to compiled graphs
+    too, for tests: Inductor cannot build user Triton kernels for the CPU, but ``backend="aot_eager"``
+    runs the same functionalized graph, launches and all, through the interpreter."""
+    saved, _CPU_GRAPHS["on"] = _CPU_GRAPHS["on"], on
+    try:
+        yield
+    finally:
+        _CPU_GRAPHS["on"] = saved
+
+
+def _concrete(t: torch.Tensor) -> bool:
+    return all(type(n) is int for n in (*t.shape, *t.stride()))
+
+
+def kernels_traceable(args, kwargs) -> bool:
+    """Whether an op call with these (functional) arguments is replaced by its kernel launches."""
+    from torch.utils._pytree import tree_leaves
+
+    leaves = tree_leaves((args, kwargs))
+    tensors = [a for a in leaves if isinstance(a, torch.Tensor)]
+    if not tensors:
+        return False
+    device = tensors[0].device
+    if any(t.device != device for t in tensors) or not uses_gpu_kernels(device):
+        return False
+    if device.type == "cuda" and get_gpu_kernel() != "triton":
+        return False
+    if device.type != "cuda" and not _CPU_GRAPHS["on"]:
+        return False
+    for a in leaves:
+        if isinstance(a, torch.device) and a.type != device.type:
+            return False
+        if isinstance(a, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            return False
+    return all(_concrete(t) for t in tensors)
+
+
+def expose_kernels(op) -> None:
+    """Register the functionalization rule above for ``op`` (and its kernels for AOTAutograd's cache key)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor, FunctionalTensorMode
+
+    impl = op._init_fn
+
+    def functionalize(mode, overload, types, args, kwargs):
+        if any(t not in (torch.Tensor, FunctionalTensor) and not issubclass(t, FakeTensor) for t in types):
+            return NotImplemented  # as triton_op: other subclasses get their own say
+        if kernels_traceable(args, kwargs):
+            with mode:
+                return impl(*args, **kwargs)
+        return mode.__torch_dispatch__(overload, types, args, kwargs)
+
+    op.register_torch_dispatch(FunctionalTensorMode, functionalize)
+    # AOTAutograd's cache keys a graph on the source of the Triton kernels its ops may launch
+    try:
+        from torch._library.triton import triton_ops_to_kernels
+    except ImportError:  # older torch: no such cache key
+        return
+    triton_ops_to_kernels[f"{op._namespace}::{op._name}"] = _KERNELS
+
+
+class _AllKernels:
+    """Every Triton kernel of the package, listed when first iterated (the package imports without triton)."""
+
+    def __iter__(self):
+        import importlib
+        import pkgutil
+
+        from . import triton_kernels
+        from .triton_kernels.layout import traceable
+
+        found = []
+        for info in pkgutil.iter_modules(triton_kernels.__path__):
+            module = importlib.import_module(f"{triton_kernels.__name__}.{info.name}")
+            found += [traceable(v) for k, v in sorted(vars(module).items()) if k.endswith("_kernel") and hasattr(v, "fn")]
+        return iter(found)
+
+
+_KERNELS = _AllKernels()
+# every op but draw_seed_offset (a Library op, not a CustomOpDef): the ones that may launch kernels
+EXPOSED_OPS = tuple({id(v): v for v in list(globals().values())
+                     if isinstance(v, torch._library.custom_ops.CustomOpDef)}.values())
+for _op in EXPOSED_OPS:
+    expose_kernels(_op)

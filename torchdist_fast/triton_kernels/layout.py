@@ -79,6 +79,54 @@ def fast_math(tensor) -> bool:
     return tensor.device.type == "cuda" and not _INTERPRETED
 
 
+def launcher(kernel, out):
+    """``kernel`` itself for a launch on plain tensors; ``wrap_triton`` of it while an op is being
+    traced into a torch.compile graph (``out``, the launch's output, is then a FunctionalTensor:
+    ``ops.expose_kernels``), so the launch is recorded as a triton_kernel_wrapper node that
+    Inductor calls from its generated code."""
+    import torch
+
+    if type(out) is torch.Tensor:
+        return kernel
+    from torch.library import wrap_triton
+
+    return wrap_triton(traceable(kernel))
+
+
+_TRACEABLE: dict = {}
+
+
+def traceable(kernel):
+    """``kernel`` as ``wrap_triton`` accepts it: a JITFunction. Under TRITON_INTERPRET=1
+    ``triton.jit`` makes InterpretedFunctions, which wrap_triton passes through untraced; this
+    gives it a JITFunction of the same source whose launches run the interpreted kernel (tests
+    of the compiled graphs on CPU)."""
+    if not _INTERPRETED:
+        return kernel
+    if kernel not in _TRACEABLE:
+        _TRACEABLE[kernel] = _InterpretedJIT(kernel)
+    return _TRACEABLE[kernel]
+
+
+class _InterpretedJIT(triton.runtime.jit.JITFunction):
+    def __init__(self, interpreted):
+        super().__init__(interpreted.fn)
+        self.interpreted = interpreted
+
+    @property
+    def cache_key(self):  # JITFunction's walks the callees, which are InterpretedFunctions here
+        return f"interpreted:{self.fn.__module__}.{self.fn.__qualname__}"
+
+    def __hash__(self):
+        return hash(self.cache_key)
+
+    def __getitem__(self, grid):
+        return self.interpreted[grid]
+
+    def run(self, *args, grid, warmup=False, **kwargs):
+        return self.interpreted[grid](*args, **kwargs)
+
+
 def split_to_i32(value: int) -> tuple[int, int]:
     """A 64-bit value as (lo, hi) 32-bit words, each as a signed i32 Python int.
 

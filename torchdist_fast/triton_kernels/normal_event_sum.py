@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from .layout import _broadcast_offset, broadcast_args, cdiv, next_power_of_2
+from .layout import _broadcast_offset, broadcast_args, cdiv, launcher, next_power_of_2
 
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
 TILE = 2048  # elements per program and chunk: BLOCK_R * BLOCK_C
@@ -68,7 +68,7 @@ def _launch(full_shape, event_dims, out_dtype, device, value, loc, scale, entrop
         return out.zero_()
     (value, loc, scale), layout = broadcast_args(tuple(full_shape), value, loc, scale)
     block_r, block_c = _blocks(rows, cols)
-    _normal_event_sum_fwd_kernel[(cdiv(rows, block_r),)](
+    launcher(_normal_event_sum_fwd_kernel, out)[(cdiv(rows, block_r),)](
         out, value, loc, scale, rows, cols, *layout, BLOCK_R=block_r, BLOCK_C=block_c, ENTROPY=entropy,
     )
     return out

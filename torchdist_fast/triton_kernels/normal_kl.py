@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ..reference import reduce_to
-from .layout import _broadcast_offset, broadcast_args, grad_buffer, launch_splits
+from .layout import _broadcast_offset, broadcast_args, grad_buffer, launch_splits, launcher
 
 ABSENT, SCALAR, TENSOR = 0, 1, 2
 BLOCK = 1024
@@ -105,7 +105,7 @@ def normal_kl_fwd(out_shape, dtype, device, p_loc, p_scale, q_loc, q_scale):
         kinds = [_kind(t) for t in params]
         tensors, layout = broadcast_args(out_shape, *_present(params, out))
         for programs, numel_arg, pid_base in launch_splits(numel, BLOCK):
-            _normal_kl_fwd_kernel[(programs,)](
+            launcher(_normal_kl_fwd_kernel, out)[(programs,)](
                 out, *tensors, numel_arg, pid_base, *layout, BLOCK=BLOCK,
                 PL_KIND=kinds[0], PS_KIND=kinds[1], QL_KIND=kinds[2], QS_KIND=kinds[3],
             )
@@ -121,11 +121,11 @@ def normal_kl_bwd(grad, p_loc, p_scale, q_loc, q_scale, output_mask):
     bufs = [grad_buffer(t, out_shape, n) for t, n in zip(params, need)]
     numel = grad.numel()
     if numel and any(need):
-        dummy = next(b for b in bufs if b is not None)
+        dummy = grad  # for the outputs not asked for: an input, never an output twice (normal_log_prob_bwd)
         kinds = [_kind(t) for t in params]
         (g, *tensors), layout = broadcast_args(out_shape, grad, *_present(params, grad))
         for programs, numel_arg, pid_base in launch_splits(numel, BLOCK):
-            _normal_kl_bwd_kernel[(programs,)](
+            launcher(_normal_kl_bwd_kernel, g)[(programs,)](
                 *(b if b is not None else dummy for b in bufs), g, *tensors, numel_arg, pid_base, *layout,
                 BLOCK=BLOCK, PL_KIND=kinds[0], PS_KIND=kinds[1], QL_KIND=kinds[2], QS_KIND=kinds[3],
                 NEED_PL=need[0], NEED_PS=need[1], NEED_QL=need[2], NEED_QS=need[3],

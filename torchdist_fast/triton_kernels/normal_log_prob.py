@@ -12,7 +12,7 @@ import triton.language as tl
 from .. import reference
 from ..reference import reduce_to
 from .layout import (_broadcast_offset, _tile_coords, _tile_operand, block_counters, broadcast_args, grad_buffer,
-                     launch_splits, needs_idx64, tile_grid, tile_layout)
+                     launch_splits, launcher, needs_idx64, tile_grid, tile_layout)
 from .normal_rsample import _operand
 
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
@@ -132,15 +132,16 @@ def normal_log_prob_fwd(value, loc, scale):
         if tile is not None:
             R, D, ops, br, bc = tile
             (vk, v0, v1), (lk, l0, l1), (sk, s0, s1) = ops
-            _normal_log_prob_fwd_2d_kernel[tile_grid(R, D, br, bc)](
+            launcher(_normal_log_prob_fwd_2d_kernel, out)[tile_grid(R, D, br, bc)](
                 out, value, loc, scale, R, D, v0, v1, l0, l1, s0, s1, BR=br, BC=bc, IDX64=needs_idx64(R, D, br, ops),
                 V_KIND=vk, LOC_KIND=lk, SCALE_KIND=sk)
             return out
         loc_scalar, scale_scalar = loc.numel() == 1, scale.numel() == 1
         (value, loc, scale), layout = broadcast_args(out_shape, value, loc, scale)
         for programs, numel_arg, pid_base in launch_splits(numel, block):
-            _normal_log_prob_fwd_kernel[(programs,)](out, value, loc, scale, numel_arg, pid_base, *layout, BLOCK=block,
-                                                     LOC_SCALAR=loc_scalar, SCALE_SCALAR=scale_scalar)
+            launcher(_normal_log_prob_fwd_kernel, out)[(programs,)](
+                out, value, loc, scale, numel_arg, pid_base, *layout, BLOCK=block, LOC_SCALAR=loc_scalar,
+                SCALE_SCALAR=scale_scalar)
     return out
 
 
@@ -152,13 +153,15 @@ def normal_log_prob_bwd(grad, value, loc, scale, output_mask):
     bufs = [grad_buffer(t, out_shape, need) for t, need in zip(inputs, output_mask)]
     numel = grad.numel()
     if numel and any(output_mask):
-        dummy = next(b for b in bufs if b is not None)
+        # the pointer passed for an output not asked for (never written): an input, as an output passed
+        # twice would alias two kernel outputs in a compiled graph (ops.expose_kernels)
+        dummy = grad
         block = _elements_block(value.dtype)
         tile = tile_layout(out_shape, grad, value, loc, scale, elements=block, need_d4=False)
         if tile is not None:
             R, D, ops, br, bc = tile
             (gk, g0, g1), (vk, v0, v1), (lk, l0, l1), (sk, s0, s1) = ops
-            _normal_log_prob_bwd_2d_kernel[tile_grid(R, D, br, bc)](
+            launcher(_normal_log_prob_bwd_2d_kernel, grad)[tile_grid(R, D, br, bc)](
                 *(b if b is not None else dummy for b in bufs), grad, value, loc, scale, R, D,
                 g0, g1, v0, v1, l0, l1, s0, s1, BR=br, BC=bc, IDX64=needs_idx64(R, D, br, ops),
                 NEED_VALUE=output_mask[0], NEED_LOC=output_mask[1], NEED_SCALE=output_mask[2],
@@ -167,7 +170,7 @@ def normal_log_prob_bwd(grad, value, loc, scale, output_mask):
             return tuple(None if b is None else reduce_to(b, t.shape).to(t.dtype) for b, t in zip(bufs, inputs))
         (g, v, m, s), layout = broadcast_args(out_shape, grad, value, loc, scale)
         for programs, numel_arg, pid_base in launch_splits(numel, block):
-            _normal_log_prob_bwd_kernel[(programs,)](
+            launcher(_normal_log_prob_bwd_kernel, g)[(programs,)](
                 *(b if b is not None else dummy for b in bufs), g, v, m, s, numel_arg, pid_base, *layout,
                 BLOCK=block, NEED_VALUE=output_mask[0], NEED_LOC=output_mask[1], NEED_SCALE=output_mask[2],
                 LOC_SCALAR=loc.numel() == 1, SCALE_SCALAR=scale.numel() == 1,

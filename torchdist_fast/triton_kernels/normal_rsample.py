@@ -16,9 +16,9 @@ import triton.language as tl
 from .. import reference
 from ..reference import compute_dtype, reduce_to
 from .layout import (_broadcast_layout, _broadcast_offset, _metas, _tile_coords, _tile_layout, _tile_operand, block_counters,
-                     broadcast_args, fast_math, launch_splits, layout_args, needs_idx64, position_args, tile_grid,
-                     tile_layout)
-from .philox import POSITION_ARGS, _position_words, _stream_block, _stream_tile
+                     broadcast_args, fast_math, launch_splits, launcher, layout_args, needs_idx64, position_args,
+                     tile_grid, tile_layout)
+from .philox import POSITION_ARGS, _block_indices, _position_words, _stream_block, _stream_tile
 
 
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
@@ -47,7 +47,8 @@ def _normal_rsample_fwd_kernel(
     pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = z_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = z_ptr.dtype.element_ty.primitive_bitwidth == 16
-    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH, PAIRS)
+    eps = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH, PAIRS)
+    idx = _block_indices(pid, BLOCK)
     mask = idx < numel
     loc = _operand(loc_ptr, idx, mask, 0.0, LOC_SCALAR, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3)
     scale = _operand(scale_ptr, idx, mask, 1.0, SCALE_SCALAR, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3)
@@ -73,7 +74,8 @@ def _normal_rsample_bwd_kernel(
     pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = scale_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = scale_ptr.dtype.element_ty.primitive_bitwidth == 16
-    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH, PAIRS)
+    eps = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH, PAIRS)
+    idx = _block_indices(pid, BLOCK)
     mask = idx < numel
     grad_scale = tl.zeros_like(eps)
     if HAS_GRAD_Z:
@@ -167,7 +169,9 @@ def normal_rsample_fwd(loc, scale, sample_shape, seed: int, offset: int, with_lo
     ``seed``/``offset`` (``layout.position_args``)."""
     out_shape = tuple(sample_shape) + reference.broadcast_shape(loc.shape, scale.shape)
     z = torch.empty(out_shape, dtype=loc.dtype, device=loc.device)
-    log_prob = torch.empty_like(z) if with_log_prob else z
+    # without log_prob its pointer is never written; an input then, not z again (an output passed
+    # twice would alias two kernel outputs in a compiled graph: ops.expose_kernels)
+    log_prob = torch.empty_like(z) if with_log_prob else loc
     if z.numel():
         plan = _fwd_plan(out_shape, _metas((loc, scale)), loc.dtype, with_log_prob, fast_math(z))
         if plan is None:  # rare: irreducible broadcast across > MAX_DIMS dims; expanded copies
@@ -177,7 +181,7 @@ def normal_rsample_fwd(loc, scale, sample_shape, seed: int, offset: int, with_lo
         kernel = _normal_rsample_fwd_2d_kernel if tiled else _normal_rsample_fwd_kernel
         words = position_args(seed, offset, position, z.device)
         for grid, args in launches:
-            kernel[grid](z, log_prob, loc, scale, *args, *words, **constexprs)
+            launcher(kernel, z)[grid](z, log_prob, loc, scale, *args, *words, **constexprs)
     return (z, log_prob) if with_log_prob else z
 
 
@@ -198,7 +202,7 @@ def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int, pos
         if tile is not None:
             R, D, ops, br, bc = tile
             (gk, g0, g1), (pk, p0, p1), (sk, st0, st1) = ops
-            _normal_rsample_bwd_2d_kernel[tile_grid(R, D, br, bc)](
+            launcher(_normal_rsample_bwd_2d_kernel, grad_scale)[tile_grid(R, D, br, bc)](
                 grad_scale, gz, glp, scale, R, D, g0, g1, p0, p1, st0, st1,
                 *words, BR=br, BC=bc, IDX64=needs_idx64(R, D, br, ops),
                 HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_PROB=grad_log_prob is not None,
@@ -207,7 +211,7 @@ def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int, pos
             return reduce_to(grad_scale, scale.shape).to(scale.dtype)
         (gz, glp, scale_b), layout = broadcast_args(out_shape, gz, glp, scale)
         for programs, numel_arg, pid_base in launch_splits(numel, 4 * block):
-            _normal_rsample_bwd_kernel[(programs,)](
+            launcher(_normal_rsample_bwd_kernel, grad_scale)[(programs,)](
                 grad_scale, gz, glp, scale_b, numel_arg, pid_base, *layout, *words,
                 BLOCK=block, HAS_GRAD_Z=grad_z is not None, HAS_GRAD_LOG_PROB=grad_log_prob is not None,
                 SCALE_SCALAR=scale.numel() == 1, FAST_MATH=fast_math(grad_scale),

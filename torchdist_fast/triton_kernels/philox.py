@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from .layout import block_counters, cdiv, fast_math, launch_splits, position_args, split_to_i32
+from .layout import block_counters, cdiv, fast_math, launch_splits, launcher, position_args, split_to_i32
 
 # globals used inside kernels must be tl.constexpr objects
 STREAM_TAG = tl.constexpr(reference.STREAM_TAG)
@@ -150,7 +150,7 @@ def _stream_normals(base, j, seed_lo, seed_hi, IS_FP64: tl.constexpr, FAST_MATH:
 @triton.jit
 def _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constexpr, IS_FP64: tl.constexpr,
                   FAST_MATH: tl.constexpr, PAIRS: tl.constexpr = False):
-    """Normals of output elements pid*4*BLOCK .. +4*BLOCK, in stream order, and their indices.
+    """Normals of output elements pid*4*BLOCK .. +4*BLOCK (``_block_indices``), in stream order.
 
     PAIRS (16-bit outputs): each position holds two consecutive counters, so one thread owns
     8 consecutive outputs (16 bytes: a vector store with no shared-memory layout change).
@@ -170,8 +170,16 @@ def _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constex
         z0, z1, z2, z3 = _stream_normals(base, tl.arange(0, BLOCK), seed_lo, seed_hi, IS_FP64, FAST_MATH)
         # element 4c + lane: interleaving keeps the store contiguous
         eps = tl.interleave(tl.interleave(z0, z2), tl.interleave(z1, z3))
-    idx = pid * (4 * BLOCK) + tl.arange(0, 4 * BLOCK)
-    return eps, idx
+    return eps
+
+
+@triton.jit
+def _block_indices(pid, BLOCK: tl.constexpr):
+    """Indices of the output elements of ``_stream_block``. Apart from it, not returned by it: torch's
+    mutation analysis of a wrap_triton kernel (which outputs a compiled graph must copy) takes a
+    pointer computed from a call's result to depend on every argument of the call, so an index
+    returned beside the normals would mark the stream position as written."""
+    return pid * (4 * BLOCK) + tl.arange(0, 4 * BLOCK)
 
 
 @triton.jit
@@ -203,7 +211,8 @@ def _philox_randn_kernel(out_ptr, numel, pid_base, seed_offset_ptr, seed_lo, see
     pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = out_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = out_ptr.dtype.element_ty.primitive_bitwidth == 16
-    eps, idx = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH, PAIRS)
+    eps = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH, PAIRS)
+    idx = _block_indices(pid, BLOCK)
     tl.store(out_ptr + idx, eps.to(out_ptr.dtype.element_ty), mask=idx < numel)
 
 
@@ -216,7 +225,7 @@ def philox_randn(shape, seed: int, offset: int, dtype: torch.dtype, device, posi
     block = block_counters(dtype)
     words = position_args(seed, offset, position, out.device)
     for programs, numel_arg, pid_base in launch_splits(numel, 4 * block):
-        _philox_randn_kernel[(programs,)](out, numel_arg, pid_base, *words, BLOCK=block, FAST_MATH=fast_math(out))
+        launcher(_philox_randn_kernel, out)[(programs,)](out, numel_arg, pid_base, *words, BLOCK=block, FAST_MATH=fast_math(out))
     return out
 
 
@@ -241,7 +250,8 @@ def philox_words(n_counters: int, seed: int, offset: int, call: int = 0, device=
     """[n_counters, 4] uint32 words (in int64), the twin of ``reference.philox_words``."""
     words = torch.empty((n_counters, 4), dtype=torch.int64, device=device)
     if n_counters:
-        _philox_words_kernel[(cdiv(n_counters, 256),)](words, n_counters, call, *split_to_i32(seed), *split_to_i32(offset), BLOCK=256)
+        launcher(_philox_words_kernel, words)[(cdiv(n_counters, 256),)](
+            words, n_counters, call, *split_to_i32(seed), *split_to_i32(offset), BLOCK=256)
     return words
 
 
@@ -264,5 +274,5 @@ def box_muller_words(words: torch.Tensor) -> torch.Tensor:
     out = torch.empty(words.shape, dtype=torch.float32, device=words.device)
     n = words.shape[0]
     if n:
-        _box_muller_words_kernel[(cdiv(n, 1024),)](words, out, n, BLOCK=1024, FAST_MATH=fast_math(out))
+        launcher(_box_muller_words_kernel, out)[(cdiv(n, 1024),)](words, out, n, BLOCK=1024, FAST_MATH=fast_math(out))
     return out

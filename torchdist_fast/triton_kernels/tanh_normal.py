@@ -26,7 +26,8 @@ import triton
 import triton.language as tl
 
 from ..reference import reduce_to
-from .layout import _broadcast_offset, broadcast_args, cdiv, fast_math, grad_buffer, next_power_of_2, position_args
+from .layout import (_broadcast_offset, broadcast_args, cdiv, fast_math, grad_buffer, launcher, next_power_of_2,
+                     position_args)
 from .philox import POSITION_ARGS, _offset64, _position_words, _stream_normals
 
 LOG_SQRT_2PI = tl.constexpr(0.5 * math.log(2 * math.pi))
@@ -35,18 +36,27 @@ TILE = 2048        # elements per program (BR * DP)
 
 
 @triton.jit
-def _tile_noise(pid, D, seed_lo, seed_hi, offset_lo, offset_hi, BR: tl.constexpr, DP: tl.constexpr, NC: tl.constexpr,
-                IS_FP64: tl.constexpr, FAST_MATH: tl.constexpr):
-    """eps of the [BR, DP] tile of program ``pid`` and the tile's local flat indices r * D + c."""
+def _tile_indices(pid, rows, D, BR: tl.constexpr, DP: tl.constexpr):
+    """Program ``pid``'s [BR, DP] tile: its rows, mask, local flat indices r * D + c and element
+    indices. Computed apart from the noise and the loads, which take pointers and the stream
+    position: torch's mutation analysis of a wrap_triton kernel takes a pointer computed from a
+    call's result to depend on every argument of the call (see philox._block_indices)."""
+    local = tl.arange(0, BR)[:, None] * D + tl.arange(0, DP)[None, :]
+    row = pid * BR + tl.arange(0, BR)
+    mask = (row < rows)[:, None] & (tl.arange(0, DP) < D)[None, :]
+    return row, mask, local, pid * BR * D + local
+
+
+@triton.jit
+def _tile_noise(pid, D, local, seed_lo, seed_hi, offset_lo, offset_hi, BR: tl.constexpr, DP: tl.constexpr,
+                NC: tl.constexpr, IS_FP64: tl.constexpr, FAST_MATH: tl.constexpr):
+    """eps of the [BR, DP] tile of program ``pid`` (``local``: its flat indices r * D + c)."""
     base = _offset64(offset_lo, offset_hi) + (pid * ((BR // 4) * D)).to(tl.uint64)
     z0, z1, z2, z3 = _stream_normals(base, tl.arange(0, NC), seed_lo, seed_hi, IS_FP64, FAST_MATH)
     flat = tl.interleave(tl.interleave(z0, z2), tl.interleave(z1, z3))  # element 4c + lane, stream order
-    r = tl.arange(0, BR)[:, None]
-    c = tl.arange(0, DP)[None, :]
-    local = r * D + c
     # padding columns (c >= D) read a clamped index and are masked out by the caller
     gathered = tl.gather(flat, tl.reshape(tl.minimum(local, 4 * NC - 1), [BR * DP]), 0)
-    return tl.reshape(gathered, [BR, DP]), local
+    return tl.reshape(gathered, [BR, DP])
 
 
 @triton.jit
@@ -62,20 +72,17 @@ def _tanh_parts(u):
 
 
 @triton.jit
-def _tile(pid, rows, D, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2,
-          scale_t3, seed_lo, seed_hi, offset_lo, offset_hi, BR: tl.constexpr, DP: tl.constexpr, NC: tl.constexpr,
-          IS_FP64: tl.constexpr, FAST_MATH: tl.constexpr):
-    """What forward and backward share for program ``pid``: the tile's noise, its rows, mask and
-    flat element indices, and loc / scale at those elements, in the compute dtype."""
+def _tile(pid, D, local, e, mask, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1,
+          scale_t2, scale_t3, seed_lo, seed_hi, offset_lo, offset_hi, BR: tl.constexpr, DP: tl.constexpr,
+          NC: tl.constexpr, IS_FP64: tl.constexpr, FAST_MATH: tl.constexpr):
+    """What forward and backward share for program ``pid`` (indices from ``_tile_indices``): the
+    tile's noise, and loc / scale at its elements, in the compute dtype."""
     CDT: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    eps, local = _tile_noise(pid, D, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH)
-    row = pid * BR + tl.arange(0, BR)
-    mask = (row < rows)[:, None] & (tl.arange(0, DP) < D)[None, :]
-    e = pid * BR * D + local
+    eps = _tile_noise(pid, D, local, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH)
     loc = tl.load(loc_ptr + _broadcast_offset(e, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3), mask=mask, other=0.0).to(CDT)
     scale = tl.load(scale_ptr + _broadcast_offset(e, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3),
                     mask=mask, other=1.0).to(CDT)
-    return eps.to(CDT), row, mask, e, loc, scale
+    return eps.to(CDT), loc, scale
 
 
 @triton.jit(do_not_specialize=POSITION_ARGS)
@@ -91,9 +98,10 @@ def _tanh_normal_fwd_kernel(
     pid = tl.program_id(0).to(tl.int64)
     IS_FP64: tl.constexpr = a_ptr.dtype.element_ty == tl.float64
     CDT: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    eps, row, mask, e, loc, scale = _tile(
-        pid, rows, D, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2,
-        scale_t3, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH)
+    row, mask, local, e = _tile_indices(pid, rows, D, BR, DP)
+    eps, loc, scale = _tile(
+        pid, D, local, e, mask, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1,
+        scale_t2, scale_t3, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH)
     u = loc + scale * eps
     if SQUASH:
         y, _one_minus_y2, log_one_minus_y2 = _tanh_parts(u)
@@ -124,9 +132,10 @@ def _tanh_normal_bwd_kernel(
     pid = tl.program_id(0).to(tl.int64)
     IS_FP64: tl.constexpr = loc_ptr.dtype.element_ty == tl.float64
     CDT: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    eps, row, mask, e, loc, scale = _tile(
-        pid, rows, D, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2,
-        scale_t3, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH)
+    row, mask, local, e = _tile_indices(pid, rows, D, BR, DP)
+    eps, loc, scale = _tile(
+        pid, D, local, e, mask, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1,
+        scale_t2, scale_t3, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH)
     gu = tl.zeros([BR, DP], dtype=CDT)
     g_scale = tl.zeros([BR, DP], dtype=CDT)
     if SQUASH:
@@ -180,8 +189,8 @@ def tanh_normal_fwd(loc, scale, full_shape, event_dims, mid, half, seed, offset,
     loc, scale, layout = _layout(full_shape, loc, scale)
     br, dp, nc = blocks(D)
     words = position_args(seed, offset, position, a.device)
-    _tanh_normal_fwd_kernel[(cdiv(rows, br),)](
-        a, lp if lp is not None else a, loc, scale, rows, D, *layout, *words,
+    launcher(_tanh_normal_fwd_kernel, a)[(cdiv(rows, br),)](
+        a, lp if lp is not None else loc, loc, scale, rows, D, *layout, *words,
         MID=float(mid), HALF=float(half), BR=br, DP=dp, NC=nc, WITH_LOG_PROB=with_log_prob, FAST_MATH=fast_math(a),
         SQUASH=squash,
     )
@@ -197,13 +206,13 @@ def tanh_normal_bwd(grad_a, grad_lp, loc, scale, full_shape, event_dims, half, s
     bufs = [grad_buffer(t, full_shape, need) for t, need in zip((loc, scale), output_mask)]
     if numel and any(output_mask):
         rows = numel // D
-        dummy = next(b for b in bufs if b is not None)
+        dummy = loc  # for absent grads and outputs not asked for: an input, never an output twice (normal_log_prob_bwd)
         loc_b, scale_b, layout = _layout(full_shape, loc, scale)
         ga = grad_a.contiguous() if grad_a is not None else None
         gl = grad_lp.contiguous() if grad_lp is not None else None
         br, dp, nc = blocks(D)
         words = position_args(seed, offset, position, dummy.device)
-        _tanh_normal_bwd_kernel[(cdiv(rows, br),)](
+        launcher(_tanh_normal_bwd_kernel, loc)[(cdiv(rows, br),)](
             *(b if b is not None else dummy for b in bufs), ga if ga is not None else dummy, gl if gl is not None else dummy,
             loc_b, scale_b, rows, D, *layout, *words,
             HALF=float(half), BR=br, DP=dp, NC=nc, HAS_GA=ga is not None, HAS_GL=gl is not None,

@@ -1,0 +1,288 @@
+"""Under torch.compile the ops' Triton launches are graph nodes (triton_kernel_wrapper_functional),
+which Inductor calls from its generated code: no Python op of ours runs per call but the draw of
+the stream position (ops.expose_kernels, README "torch.compile").
+
+On CPU the launches run through the interpreter with ``backend="aot_eager"`` (the graph Inductor
+gets, run op by op; Inductor itself cannot build user Triton kernels for the CPU), under
+``ops.kernels_in_cpu_graphs()``. Inductor on CUDA is gpu-marked.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch._dynamo
+from torch._dynamo.backends.debugging import aot_eager
+from torch._functorch.aot_autograd import make_boxed_func
+
+import torchdist_fast as tdf
+from torchdist_fast import ops
+
+
+HOP = "triton_kernel_wrapper_functional"
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # set by conftest.py without a GPU
+
+
+def _ours(graph) -> list:
+    """The torchdist_fast ops still called in ``graph`` (draw_seed_offset sits inside with_effects)."""
+    found = []
+    for node in graph.graph.nodes:
+        if node.op != "call_function":
+            continue
+        targets = [node.target] + [a for a in node.args if isinstance(a, torch._ops.OpOverload)]
+        found += [str(t) for t in targets if str(t).startswith("torchdist_fast.")]
+    return found
+
+
+def _hops(graph) -> int:
+    return sum(node.op == "call_function" and str(node.target) == HOP for node in graph.graph.nodes)
+
+
+class GraphRecorder:
+    """aot_eager that keeps the forward and backward graphs it runs."""
+
+    def __init__(self):
+        self.graphs = []
+
+    def _keep(self, gm, example_inputs):
+        self.graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    def __call__(self, gm, example_inputs):
+        return aot_eager(gm, example_inputs, fw_compiler=self._keep, bw_compiler=self._keep)
+
+
+def normal_and_log_prob(loc, scale):
+    d = tdf.Normal(loc, scale)
+    z, lp = d.rsample_and_log_prob((2,))
+    return z, lp, d.log_prob(z.detach() + 0.25)
+
+
+def normal_sample(loc, scale):
+    return (tdf.Normal(loc, scale).sample((3,)),)
+
+
+def kl(loc, scale):
+    return (torch.distributions.kl_divergence(tdf.Normal(loc, scale), tdf.Normal(0.5 * loc.detach(), scale.detach() + 0.1)),)
+
+
+def tanh_normal(loc, scale):
+    return tdf.TanhNormal(loc, scale, low=-2.0, high=3.0).rsample_and_log_prob()
+
+
+def independent(loc, scale):
+    return tdf.Normal(loc, scale).to_event(1).rsample_and_log_prob()
+
+
+def randn(loc, scale):
+    return (tdf.randn(5, 7),)
+
+
+CASES = {"normal_and_log_prob": normal_and_log_prob, "sample": normal_sample, "kl": kl, "tanh_normal": tanh_normal,
+         "independent": independent, "randn": randn}
+
+
+@pytest.fixture
+def no_recompiles():
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture
+def cpu_graph_kernels():
+    if not INTERPRET:
+        pytest.skip("CPU kernels run under TRITON_INTERPRET=1")
+    with tdf.cpu_sampling("philox"), tdf.cpu_kernel("triton"), ops.kernels_in_cpu_graphs():
+        yield
+
+
+def _params(shape=(6, 8)):
+    loc = torch.randn(shape, requires_grad=True)
+    scale = (torch.rand(shape) + 0.5).requires_grad_()
+    return loc, scale
+
+
+def _run(fn, loc, scale, seed):
+    """Outputs and parameter gradients of one step from torch.manual_seed(seed)."""
+    loc.grad = scale.grad = None
+    torch.manual_seed(seed)
+    outs = fn(loc, scale)
+    loss = sum(o.float().sum() for o in outs if o.requires_grad)
+    if torch.is_tensor(loss):
+        loss.backward()
+    grads = tuple(None if p.grad is None else p.grad.clone() for p in (loc, scale))
+    return tuple(o.detach() for o in outs), grads
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_compiled_graph_launches_the_kernels_and_matches_eager(case, cpu_graph_kernels, no_recompiles):
+    fn = CASES[case]
+    recorder = GraphRecorder()
+    compiled = torch.compile(fn, fullgraph=True, backend=recorder)
+    loc, scale = _params()
+    first = None
+    for seed in (3, 4):
+        eager = _run(fn, loc, scale, seed)
+        graph = _run(compiled, loc, scale, seed)
+        for e, c in zip(eager[0] + eager[1], graph[0] + graph[1]):
+            assert (e is None) == (c is None)
+            if e is not None:
+                assert torch.equal(e, c), f"{case}: compiled differs from eager"
+        if first is None:
+            first = graph[0][0]
+        elif case != "kl":
+            assert not torch.equal(first, graph[0][0]), "a new seed must draw new noise"
+    assert recorder.graphs, "the compiled region never ran"
+    for g in recorder.graphs:
+        assert _ours(g) in ([], ["torchdist_fast.draw_seed_offset.default"] * len(_ours(g))), g.code
+    assert _hops(recorder.graphs[0]) >= 1, recorder.graphs[0].code
+    if any(g is not None for g in eager[1]):  # the backward graph launches the backward kernels too
+        assert len(recorder.graphs) == 2 and _hops(recorder.graphs[1]) >= 1, recorder.graphs[-1].code
+
+
+def test_cpu_graphs_keep_the_opaque_ops_by_default(no_recompiles):
+    """Without kernels_in_cpu_graphs (Inductor cannot build them for the CPU) and on the reference
+    path, the op stays one node."""
+    loc, scale = _params()
+    for kernel in ("reference", "triton") if INTERPRET else ("reference",):
+        torch._dynamo.reset()
+        recorder = GraphRecorder()
+        with tdf.cpu_sampling("philox"), tdf.cpu_kernel(kernel):
+            eager = _run(normal_and_log_prob, loc, scale, 7)
+            graph = _run(torch.compile(normal_and_log_prob, fullgraph=True, backend=recorder), loc, scale, 7)
+        assert all(torch.equal(e, c) for e, c in zip(eager[0] + eager[1], graph[0] + graph[1]))
+        assert _hops(recorder.graphs[0]) == 0
+        assert "torchdist_fast.normal_rsample_log_prob.default" in _ours(recorder.graphs[0])
+
+
+def test_symbolic_shapes_keep_the_opaque_op(cpu_graph_kernels, no_recompiles):
+    """Launch plans are computed from concrete sizes and strides: with dynamic shapes the op stays
+    opaque (and correct) rather than specializing the graph."""
+    recorder = GraphRecorder()
+    compiled = torch.compile(normal_and_log_prob, fullgraph=True, backend=recorder, dynamic=True)
+    for rows in (5, 9):
+        loc, scale = _params((rows, 8))
+        eager = _run(normal_and_log_prob, loc, scale, rows)
+        graph = _run(compiled, loc, scale, rows)
+        assert all(torch.equal(e, c) for e, c in zip(eager[0] + eager[1], graph[0] + graph[1]))
+    assert _hops(recorder.graphs[0]) == 0
+    assert "torchdist_fast.normal_rsample_log_prob.default" in _ours(recorder.graphs[0])
+
+
+def test_checkpoint_in_a_compiled_graph_recomputes_the_kernels(cpu_graph_kernels, no_recompiles):
+    """The checkpointed op is recomputed in the backward graph from the same stream position: the
+    same noise, and the backward graph launches the forward kernel again."""
+    from torch.utils.checkpoint import checkpoint
+
+    from torchdist_fast.functional import draw_seed_offset
+
+    def step(loc, scale):
+        # the draw outside the checkpointed function: a draw inside one does not compile (README, "torch.compile")
+        seed_offset = draw_seed_offset(loc.device, loc.numel())
+        return checkpoint(lambda a, b: torch.ops.torchdist_fast.normal_rsample_log_prob(a, b, [], seed_offset),
+                          loc, scale, use_reentrant=False)
+
+    recorder = GraphRecorder()
+    loc, scale = _params()
+    eager = _run(step, loc, scale, 11)
+    graph = _run(torch.compile(step, fullgraph=True, backend=recorder), loc, scale, 11)
+    assert all(torch.equal(e, c) for e, c in zip(eager[0] + eager[1], graph[0] + graph[1]))
+    assert [_hops(g) for g in recorder.graphs] == [1, 2]  # forward; recomputed forward + backward
+
+
+MUTATION_SCRIPT = r"""
+import json, sys, torch, triton
+from triton.backends.compiler import GPUTarget
+
+class Sm90:  # Inductor's analysis compiles the kernel to TTIR for the active target: no GPU needed
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+triton.runtime.driver.set_active(Sm90())
+from torch._higher_order_ops.triton_kernel_wrap import identify_accessed_tensors
+from torchdist_fast.triton_kernels import normal_event_sum, normal_kl, normal_log_prob, normal_rsample, philox, tanh_normal
+
+launches = []
+class Recorder:
+    def __init__(self, kernel):
+        self.kernel = kernel
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: launches.append((self.kernel, dict(zip(self.kernel.arg_names, args)) | kwargs))
+for module in (normal_event_sum, normal_kl, normal_log_prob, normal_rsample, philox, tanh_normal):
+    module.launcher = lambda kernel, out: Recorder(kernel)
+
+position = torch.tensor([5, 8], dtype=torch.int64)
+for dtype in (torch.float32, torch.bfloat16):
+    for shape in ((6, 8), (256, 8), (5, 3)):  # 1-D launch, 2-D tiles, a tail launch
+        loc, scale = torch.randn(shape, dtype=dtype), torch.rand(shape, dtype=dtype) + 0.5
+        row = torch.rand(shape[-1], dtype=dtype) + 0.5
+        for pos in (None, position):
+            normal_rsample.normal_rsample_fwd(loc, scale, (2,), 1, 2, True, position=pos)
+            normal_rsample.normal_rsample_bwd(torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype), row, 1, 2,
+                                              position=pos)
+            philox.philox_randn(shape, 1, 2, dtype, torch.device("cpu"), position=pos)
+            tanh_normal.tanh_normal_fwd(loc, scale, shape, 1, 0.5, 1.5, 1, 2, True, True, position=pos)
+            tanh_normal.tanh_normal_bwd(torch.randn(shape, dtype=dtype), torch.randn(shape[:-1], dtype=dtype), loc, scale,
+                                        shape, 1, 1.5, 1, 2, [True, True], True, position=pos)
+        normal_log_prob.normal_log_prob_fwd(torch.randn(shape, dtype=dtype), loc, row)
+        normal_log_prob.normal_log_prob_bwd(torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype), loc, row,
+                                            [True, True, True])
+        normal_event_sum.normal_log_prob_sum_fwd(torch.randn(shape, dtype=dtype), loc, row, 1)
+        normal_kl.normal_kl_fwd(shape, dtype, torch.device("cpu"), loc, scale, row, None)
+        normal_kl.normal_kl_bwd(torch.randn(shape, dtype=dtype), loc, scale, row, None, [True, True, True, False])
+
+report = []
+for kernel, kwargs in launches:
+    writes = sorted(d.name for d in identify_accessed_tensors(kernel, kwargs, {}).read_writes.writes)
+    report.append({"kernel": kernel.fn.__name__, "writes": writes,
+                   "tensors": sorted(k for k, v in kwargs.items() if isinstance(v, torch.Tensor)),
+                   "in_memory": kwargs.get("position_in_memory")})
+json.dump(report, sys.stdout)
+"""
+
+
+def test_inductor_copies_no_input_of_a_kernel():
+    """Inductor's mutation analysis (TTIR compiled for sm_90, no GPU) finds each kernel writing its
+    outputs only: a compiled graph neither copies an input nor the stream position around a launch."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # real JIT kernels
+    out = subprocess.run([sys.executable, "-c", MUTATION_SCRIPT], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    kernels = {r["kernel"] for r in report}
+    assert len(kernels) >= 10, kernels
+    assert any(r["in_memory"] == 1 for r in report)
+    for r in report:
+        assert r["writes"], r  # the analysis ran (it finds the outputs)
+        inputs = {"loc_ptr", "scale_ptr", "value_ptr", "seed_offset_ptr", "grad_z_ptr", "grad_log_prob_ptr", "grad_ptr",
+                  "pl_ptr", "ps_ptr", "ql_ptr", "qs_ptr", "ga_ptr", "gl_ptr"}
+        assert not set(r["writes"]) & inputs, r
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["normal_and_log_prob", "tanh_normal", "independent"])
+def test_inductor_calls_the_kernels_from_its_generated_code(case, no_recompiles):
+    """CUDA, Inductor: the generated code launches our Triton kernels itself; of our ops only the
+    draw of the stream position is still called."""
+    from torch._inductor.utils import run_and_get_code
+
+    fn = CASES[case]
+    loc = torch.randn(64, 8, device="cuda", requires_grad=True)
+    scale = (torch.rand(64, 8, device="cuda") + 0.5).requires_grad_()
+    compiled = torch.compile(fn, fullgraph=True)
+    codes = []
+    for seed in (3, 4):
+        eager = _run(fn, loc, scale, seed)
+        graph, new_codes = run_and_get_code(lambda: _run(compiled, loc, scale, seed))
+        codes += new_codes
+        for e, c in zip(eager[0] + eager[1], graph[0] + graph[1]):
+            if e is not None:
+                torch.testing.assert_close(c, e, rtol=1e-6, atol=1e-6)  # Inductor may fuse the torch ops around them
+    code = "\n".join(codes)
+    kernel = {"normal_and_log_prob": "_normal_rsample_fwd", "tanh_normal": "_tanh_normal_fwd_kernel",
+              "independent": "_tanh_normal_fwd_kernel"}[case]
+    assert kernel in code and "triton_kernel_wrapper" not in code, code[-4000:]
+    assert "torchdist_fast.normal" not in code and "torchdist_fast.tanh" not in code, code[-4000:]
