@@ -159,14 +159,20 @@ def test_cpu_graphs_keep_the_opaque_ops_by_default(no_recompiles):
         assert "torchdist_fast.normal_rsample_log_prob.default" in _ours(recorder.graphs[0])
 
 
-def test_symbolic_shapes_keep_the_opaque_op(cpu_graph_kernels, no_recompiles):
+@pytest.mark.parametrize("validate_args", [False, True])
+def test_symbolic_shapes_keep_the_opaque_op(validate_args, cpu_graph_kernels, no_recompiles):
     """Launch plans are computed from concrete sizes and strides: with dynamic shapes the op stays
     opaque (and correct) rather than specializing the graph."""
+    def step(loc, scale):
+        d = tdf.Normal(loc, scale, validate_args=validate_args)
+        z, lp = d.rsample_and_log_prob((2,))
+        return z, lp, d.log_prob(z.detach() + 0.25)
+
     recorder = GraphRecorder()
-    compiled = torch.compile(normal_and_log_prob, fullgraph=True, backend=recorder, dynamic=True)
+    compiled = torch.compile(step, fullgraph=True, backend=recorder, dynamic=True)
     for rows in (5, 9):
         loc, scale = _params((rows, 8))
-        eager = _run(normal_and_log_prob, loc, scale, rows)
+        eager = _run(step, loc, scale, rows)
         graph = _run(compiled, loc, scale, rows)
         assert all(torch.equal(e, c) for e, c in zip(eager[0] + eager[1], graph[0] + graph[1]))
     assert _hops(recorder.graphs[0]) == 0
@@ -266,8 +272,14 @@ def test_inductor_copies_no_input_of_a_kernel():
 @pytest.mark.parametrize("case", ["normal_and_log_prob", "tanh_normal", "independent"])
 def test_inductor_calls_the_kernels_from_its_generated_code(case, no_recompiles):
     """CUDA, Inductor: the generated code launches our Triton kernels itself; of our ops only the
-    draw of the stream position is still called."""
+    draw of the stream position is still called. Needs the CUDA backend extension, which puts the
+    position on the device (without it the random ops stay opaque: their position is read on the host)."""
     from torch._inductor.utils import run_and_get_code
+
+    from torchdist_fast import cuda_backend
+
+    if not cuda_backend.available():
+        pytest.skip(f"needs the CUDA backend extension: {cuda_backend.unavailable_reason()}")
 
     fn = CASES[case]
     loc = torch.randn(64, 8, device="cuda", requires_grad=True)

@@ -124,4 +124,5 @@ def gpu_kernel(value: str):
 def uses_gpu_kernels(device: torch.device) -> bool:
     """True where the ops run GPU kernels (Triton, or the CUDA backend under gpu_kernel='cuda'):
     CUDA, and CPU under cpu_kernel='triton'."""
-    return device.type == "cuda" or (device.type == "cpu" and _settings["cpu_kernel"] == "triton")
+    kind = device.type
+    return kind == "cuda" or (kind == "cpu" and _settings["cpu_kernel"] == "triton")

@@ -101,6 +101,18 @@ def _checked_numel(shape: torch.Size) -> int:
     return numel
 
 
+_EMPTY_SIZE = torch.Size()
+
+
+def _sample_shape_numel(d, sample_shape) -> tuple:
+    """(``sample_shape`` as a torch.Size, numel of ``d``'s sample of that shape), checked as
+    ``_checked_numel``; without building the extended shape for the common ``d.rsample()``."""
+    if type(sample_shape) in (torch.Size, tuple, list) and not sample_shape:
+        return _EMPTY_SIZE, _checked_numel(d._batch_shape + d._event_shape)
+    sample_shape = torch.Size(sample_shape)
+    return sample_shape, _checked_numel(d._extended_shape(sample_shape))
+
+
 def _log_prob_formula(value, loc, scale):
     """The reference op's formula in plain torch ops (half types in float32): on CPU this is
     what ``normal_log_prob`` computes, without the custom-op dispatch (which costs more than
@@ -159,10 +171,13 @@ def _sample_params(d, promote: bool):
         return None
     if loc.device != scale.device:
         return None
-    if loc.dtype not in _FLOAT_DTYPES or scale.dtype not in _FLOAT_DTYPES:
+    loc_dtype, scale_dtype = loc.dtype, scale.dtype
+    if loc_dtype is scale_dtype and loc_dtype in _FLOAT_DTYPES:  # the common case
+        return loc, scale
+    if loc_dtype not in _FLOAT_DTYPES or scale_dtype not in _FLOAT_DTYPES:
         return None
-    dtype = _promote_float(loc.dtype, scale.dtype) if promote else loc.dtype
-    if loc.dtype == dtype and scale.dtype == dtype:
+    dtype = _promote_float(loc_dtype, scale_dtype) if promote else loc_dtype
+    if loc_dtype == dtype and scale_dtype == dtype:
         return loc, scale
     return loc.to(dtype), scale.to(dtype)
 
@@ -223,8 +238,7 @@ def _rsample(self, sample_shape=torch.Size(), *, generator: torch.Generator | No
         shape = self._extended_shape(sample_shape)
         eps = torch.empty(shape, dtype=self.loc.dtype, device=self.loc.device).normal_(generator=generator)
         return self.loc + eps * self.scale
-    sample_shape = torch.Size(sample_shape)
-    numel = _checked_numel(self._extended_shape(sample_shape))
+    sample_shape, numel = _sample_shape_numel(self, sample_shape)
     if eager.direct_ok(*params):
         return eager.rsample(*params, sample_shape, numel, generator, with_log_prob=False)
     seed_offset = draw_seed_offset(params[0].device, numel, generator)
@@ -240,8 +254,7 @@ def _sample(self, sample_shape=torch.Size(), *, generator: torch.Generator | Non
         shape = self._extended_shape(sample_shape)
         with torch.no_grad():
             return torch.normal(self.loc.expand(shape), self.scale.expand(shape), generator=generator)
-    sample_shape = torch.Size(sample_shape)
-    numel = _checked_numel(self._extended_shape(sample_shape))
+    sample_shape, numel = _sample_shape_numel(self, sample_shape)
     if not self._validate_args:
         # torch.normal refuses a negative or NaN std even without validation (on CUDA with
         # a host sync); here asynchronously, on batch_shape elements only
@@ -265,8 +278,7 @@ def _rsample_and_log_prob(self, sample_shape=torch.Size(), *, generator: torch.G
     if params is None:
         z = _rsample(self, sample_shape, generator=generator)
         return z, _log_prob_unchecked(self, z)
-    sample_shape = torch.Size(sample_shape)
-    numel = _checked_numel(self._extended_shape(sample_shape))
+    sample_shape, numel = _sample_shape_numel(self, sample_shape)
     if eager.direct_ok(*params):
         return eager.rsample(*params, sample_shape, numel, generator, with_log_prob=True)
     seed_offset = draw_seed_offset(params[0].device, numel, generator)
@@ -364,8 +376,18 @@ class Normal(_TorchNormal):
         return super().expand(batch_shape, _instance=new)
 
     # ------------------------------------------------------------------ validation
+    @staticmethod
+    def _tensor_repr(value) -> str:
+        """"Tensor of shape (...)" for the asynchronous checks' messages (no values: printing one
+        would synchronize); the shape left out under compile, where it may be symbolic."""
+        if torch.compiler.is_compiling():
+            return type(value).__name__
+        return f"{type(value).__name__} of shape {tuple(value.shape)}"
+
     def _shape_repr(self) -> str:
         """``repr(self)`` with shapes only: printing a value would synchronize."""
+        if torch.compiler.is_compiling():  # sizes may be symbolic (dynamic shapes): dynamo cannot format them
+            return type(self).__name__
         names = [k for k in self.arg_constraints if k in self.__dict__]
         return f"{type(self).__name__}(" + ", ".join(f"{k}: {self.__dict__[k].size()}" for k in names) + ")"
 
@@ -380,10 +402,12 @@ class Normal(_TorchNormal):
             value = getattr(self, param)
             valid = constraint.check(value)
             if _async_checks(value):
+                # under compile a constraint's bounds may be symbolic too: its class name then
+                constraint_repr = type(constraint).__name__ if torch.compiler.is_compiling() else repr(constraint)
                 torch._assert_async(
                     valid.all(),
-                    f"Expected parameter {param} ({type(value).__name__} of shape {tuple(value.shape)}) "
-                    f"of distribution {self._shape_repr()} to satisfy the constraint {constraint!r}, "
+                    f"Expected parameter {param} ({self._tensor_repr(value)}) of distribution {self._shape_repr()} "
+                    f"to satisfy the constraint {constraint_repr}, "
                     "but found invalid values (checked with torch._assert_async: values not printed)",
                 )
             elif not torch._is_all_true(valid):
@@ -414,7 +438,7 @@ class Normal(_TorchNormal):
         support = self.support
         torch._assert_async(
             support.check(value).all(),
-            f"Expected value argument ({type(value).__name__} of shape {tuple(value.shape)}) "
+            f"Expected value argument ({self._tensor_repr(value)}) "
             f"to be within the support ({support!r}) of the distribution {self._shape_repr()}, "
             "but found invalid values (checked with torch._assert_async: values not printed)",
         )

@@ -37,7 +37,10 @@ def direct_ok(*tensors: torch.Tensor) -> bool:
         return False
     if torch._C._are_functorch_transforms_active() or torch.jit.is_tracing():
         return False
-    return all(type(t) in _PLAIN for t in tensors)
+    for t in tensors:  # a loop, not all(<genexpr>): this check runs on every call
+        if type(t) not in _PLAIN:
+            return False
+    return True
 
 
 class _Rsample(torch.autograd.Function):
@@ -47,8 +50,7 @@ class _Rsample(torch.autograd.Function):
     @staticmethod
     def forward(ctx, loc, scale, sample_shape, where, with_log_prob):
         ctx.set_materialize_grads(False)
-        ctx.loc_shape = loc.shape
-        ctx.where = where
+        ctx.loc_shape_where = loc.shape, where
         ctx.save_for_backward(scale)
         seed, offset, position = where
         return ops.rsample_impl(loc, scale, sample_shape, seed, offset, with_log_prob, position, checked=True)
@@ -57,8 +59,8 @@ class _Rsample(torch.autograd.Function):
     @once_differentiable  # the kernels' gradients are not differentiable again: say so, as the ops do
     def backward(ctx, grad_z, grad_log_prob=None):
         (scale,) = ctx.saved_tensors
-        seed, offset, position = ctx.where
-        grads = ops.rsample_grads(ctx.needs_input_grad, ctx.loc_shape, scale, grad_z, grad_log_prob,
+        loc_shape, (seed, offset, position) = ctx.loc_shape_where
+        grads = ops.rsample_grads(ctx.needs_input_grad, loc_shape, scale, grad_z, grad_log_prob,
                                   lambda gz, glp: ops.rsample_backward_impl(gz, glp, scale, seed, offset, position))
         return grads + (None, None, None)
 
@@ -74,7 +76,7 @@ def _where(device: torch.device, numel: int, generator) -> tuple:
     counters = counters_for(numel)
     if rng.capturing(device):
         return 0, 0, rng.take_seed_offset(device, counters, generator)
-    return (*rng.take_position(device, counters, generator), None)
+    return (*rng.take_position(device, counters, generator, capture_checked=True), None)
 
 
 def rsample(loc, scale, sample_shape, numel: int, generator, with_log_prob: bool, grad: bool = True):

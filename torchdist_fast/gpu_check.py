@@ -145,7 +145,8 @@ def _stages() -> dict:
                  "sys.exit(0 if cuda_backend.available() else "
                  "subprocess.call([sys.executable, 'setup_cuda.py', 'build_ext', '--inplace']))")
         return [Command(_py("-c", build), {**NO_INTERPRET, "TORCH_CUDA_ARCH_LIST": _arch()}),
-                Command(_py("-m", "pytest", "tests/test_cuda_graphs.py", "-q", "-p", "no:cacheprovider",
+                Command(_py("-m", "pytest", "tests/test_cuda_graphs.py", "tests/test_compiled_kernels.py", "-q", "-p",
+                            "no:cacheprovider",
                             f"--junitxml={out / 'graphs' / 'junit.xml'}"), NO_INTERPRET),
                 Command(_py("-m", "torchdist_fast.host_overhead", "--device", "cuda",
                             "--json", str(out / "graphs" / "host_overhead.json")), NO_INTERPRET)]

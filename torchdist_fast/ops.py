@@ -16,7 +16,7 @@ import contextlib
 import torch
 
 from . import reference, rng
-from .backend import get_gpu_kernel, uses_gpu_kernels
+from .backend import get_cpu_kernel, get_gpu_kernel, uses_gpu_kernels
 
 FLOAT_DTYPES = reference.FLOAT_DTYPES
 
@@ -25,18 +25,26 @@ _LAUNCHERS: dict = {}
 
 
 def _launchers(device: torch.device):
-    """The GPU launchers for ``device``: Triton, or the CUDA C++ backend under gpu_kernel("cuda").
+    """The GPU launchers for ``device``: Triton, or the CUDA C++ backend under gpu_kernel("cuda");
+    None where the reference runs (``backend.uses_gpu_kernels`` is False). One call on the hot path.
 
     Imported on first use so the package imports (and runs on CPU) without triton.
     """
-    key = device.type == "cuda" and get_gpu_kernel() == "cuda"
-    if key not in _LAUNCHERS:
+    kind = device.type
+    if kind == "cuda":
+        key = get_gpu_kernel() == "cuda"
+    elif kind == "cpu" and get_cpu_kernel() == "triton":
+        key = False
+    else:
+        return None
+    module = _LAUNCHERS.get(key)
+    if module is None:
         if key:
             from . import cuda_backend as module
         else:
             from . import triton_kernels as module
         _LAUNCHERS[key] = module
-    return _LAUNCHERS[key]
+    return module
 
 
 def check_params(*tensors: torch.Tensor) -> None:
@@ -139,8 +147,9 @@ def rsample_impl(loc, scale, sample_shape, seed: int, offset: int, with_log_prob
     and the sample shape)."""
     if not checked:
         _rsample_shape(loc, scale, sample_shape)
-    if uses_gpu_kernels(loc.device):
-        return _launchers(loc.device).normal_rsample_fwd(loc, scale, sample_shape, seed, offset, with_log_prob,
+    launchers = _launchers(loc.device)
+    if launchers is not None:
+        return launchers.normal_rsample_fwd(loc, scale, sample_shape, seed, offset, with_log_prob,
                                                          position=position)
     return reference.normal_rsample(loc, scale, sample_shape, seed, offset, with_log_prob)
 
@@ -149,8 +158,9 @@ def rsample_backward_impl(grad_z, grad_log_prob, scale, seed: int, offset: int, 
     """What normal_rsample_backward computes (stream position as in ``rsample_impl``)."""
     if grad_z is None and grad_log_prob is None:
         return torch.zeros_like(scale)
-    if uses_gpu_kernels(scale.device):
-        return _launchers(scale.device).normal_rsample_bwd(grad_z, grad_log_prob, scale, seed, offset, position=position)
+    launchers = _launchers(scale.device)
+    if launchers is not None:
+        return launchers.normal_rsample_bwd(grad_z, grad_log_prob, scale, seed, offset, position=position)
     return reference.normal_rsample_backward(grad_z, grad_log_prob, scale, seed, offset)
 
 
@@ -260,15 +270,17 @@ def normal_log_prob(value, loc, scale):
 def log_prob_impl(value, loc, scale):
     """What normal_log_prob computes (also the eager fast path's forward, ``eager.py``)."""
     _log_prob_shape(value, loc, scale)
-    if uses_gpu_kernels(value.device):
-        return _launchers(value.device).normal_log_prob_fwd(value, loc, scale)
+    launchers = _launchers(value.device)
+    if launchers is not None:
+        return launchers.normal_log_prob_fwd(value, loc, scale)
     return reference.normal_log_prob(value, loc, scale)
 
 
 def log_prob_backward_impl(grad, value, loc, scale, output_mask):
     """(grad_value, grad_loc, grad_scale) of normal_log_prob; None where ``output_mask`` is False."""
-    if uses_gpu_kernels(value.device):
-        return _launchers(value.device).normal_log_prob_bwd(grad, value, loc, scale, output_mask)
+    launchers = _launchers(value.device)
+    if launchers is not None:
+        return launchers.normal_log_prob_bwd(grad, value, loc, scale, output_mask)
     return reference.normal_log_prob_backward(grad, value, loc, scale, output_mask)
 
 

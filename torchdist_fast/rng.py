@@ -79,7 +79,8 @@ def pack_seed_offset(seed: int, offset: int) -> torch.Tensor:
 
 
 def default_generator(device: torch.device) -> torch.Generator:
-    device = torch.device(device)
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
     if device.type == "cpu":
         return torch.default_generator
     module = getattr(torch, device.type, None)
@@ -108,18 +109,22 @@ def _check_draw(device: torch.device, counters: int, generator) -> None:
         raise RuntimeError(f"torchdist_fast: counters must be non-negative, got {counters}")
 
 
-def take_position(device: torch.device, counters: int, generator: torch.Generator | None = None) -> tuple[int, int]:
-    """Read (seed, offset) from the generator as two uint64 ints and advance it past ``counters`` counters."""
+def take_position(device: torch.device, counters: int, generator: torch.Generator | None = None, *,
+                  capture_checked: bool = False) -> tuple[int, int]:
+    """Read (seed, offset) from the generator as two uint64 ints and advance it past ``counters``
+    counters. ``capture_checked``: the caller has just checked that ``device`` is not capturing."""
     if not isinstance(device, torch.device):
         device = torch.device(device)
     _check_draw(device, counters, generator)
-    return take_position_from(generator if generator is not None else default_generator(device), counters)
+    return take_position_from(generator if generator is not None else default_generator(device), counters,
+                              capture_checked)
 
 
 def capturing(device: torch.device) -> bool:
     """Whether work on ``device`` is being captured into a CUDA graph (False without CUDA: a CPU
     build of torch has no capture to ask about)."""
-    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    # no capture without CUDA initialized (is_initialized is a flag; is_available a driver query)
+    return device.type == "cuda" and torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
 def take_seed_offset(device: torch.device, counters: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -211,10 +216,11 @@ _CPU_STREAMS = CpuStreams()
 _OFFSET_LOCK = threading.Lock()
 
 
-def take_position_from(gen, counters: int) -> tuple[int, int]:
-    if gen.device.type == "cpu":
+def take_position_from(gen, counters: int, capture_checked: bool = False) -> tuple[int, int]:
+    device = gen.device
+    if device.type == "cpu":
         return _CPU_STREAMS.take(gen, counters)
-    if capturing(gen.device):
+    if not capture_checked and capturing(device):
         # a host position would be baked into the graph: every replay would draw the same noise
         raise RuntimeError(
             "torchdist_fast: a stream position read on the host cannot be captured in a CUDA graph "

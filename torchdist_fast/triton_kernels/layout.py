@@ -8,6 +8,7 @@ import contextlib
 import functools
 import math
 import os
+import struct
 
 import triton
 import triton.language as tl  # noqa: F401  (Triton needs it visible to the jit'd helpers)
@@ -153,6 +154,10 @@ def grad_buffer(t, out_shape, needed: bool):
 
 
 _DUMMY_POSITION: dict = {}
+_MASK64 = (1 << 64) - 1
+# (seed, offset) as uint64 -> four signed i32 words lo, hi, lo, hi (split_to_i32 of each, in one call)
+_PACK_POSITION = struct.Struct("<QQ").pack
+_UNPACK_WORDS = struct.Struct("<iiii").unpack
 
 
 def position_args(seed: int, offset: int, position, device):
@@ -166,11 +171,12 @@ def position_args(seed: int, offset: int, position, device):
     """
     if position is not None:
         return position, 0, 0, 0, 0, 1
-    if device not in _DUMMY_POSITION:
+    dummy = _DUMMY_POSITION.get(device)
+    if dummy is None:
         import torch
 
-        _DUMMY_POSITION[device] = torch.zeros(2, dtype=torch.int64, device=device)
-    return (_DUMMY_POSITION[device], *split_to_i32(seed), *split_to_i32(offset), 0)
+        dummy = _DUMMY_POSITION[device] = torch.zeros(2, dtype=torch.int64, device=device)
+    return (dummy, *_UNPACK_WORDS(_PACK_POSITION(seed & _MASK64, offset & _MASK64)), 0)
 
 
 def coalesce(shape, strides_list):

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from .. import reference
 from ..reference import compute_dtype, reduce_to
-from .layout import (_broadcast_layout, _broadcast_offset, _metas, _tile_coords, _tile_layout, _tile_operand, block_counters,
+from .layout import (_broadcast_layout, _broadcast_offset, _tile_coords, _tile_layout, _tile_operand, block_counters,
                      broadcast_args, fast_math, launch_splits, launcher, layout_args, needs_idx64, position_args,
                      tile_grid, tile_layout)
 from .philox import POSITION_ARGS, _block_indices, _position_words, _stream_block, _stream_tile
@@ -139,49 +139,56 @@ def _normal_rsample_bwd_2d_kernel(
 
 
 @functools.lru_cache(maxsize=1024)
-def _fwd_plan(out_shape: tuple, metas: tuple, dtype, with_log_prob: bool, fast: bool):
-    """How ``normal_rsample_fwd`` launches for these shapes and strides, computed once per pattern:
-    (tiled, [(grid, shape args)], constexprs), or None when the operands must first be copied
-    (a broadcast that does not coalesce into ``MAX_DIMS`` dims)."""
+def _fwd_plan(sample_shape: tuple, loc_meta: tuple, scale_meta: tuple, dtype, with_log_prob: bool, fast: bool):
+    """How ``normal_rsample_fwd`` launches for these shapes and strides, computed once per pattern
+    (a training loop repeats a few; the lookup is the whole per-call cost):
+    (out_shape, tiled, [(grid, shape args)], constexprs); tiled is None when the operands must first
+    be copied (a broadcast that does not coalesce into ``MAX_DIMS`` dims)."""
+    out_shape = sample_shape + reference.broadcast_shape(loc_meta[0], scale_meta[0])
+    metas = (loc_meta, scale_meta)
     numel = math.prod(out_shape)
     block = block_counters(dtype)
     # 16-bit z alone: taller tiles amortize the per-column work (96 registers; with log_prob they would need ~150)
     wide = dtype.itemsize == 2 and not with_log_prob
-    tile = _tile_layout(out_shape, metas, (8 if wide else 4) * block, True)
+    tile = _tile_layout(out_shape, metas, (8 if wide else 4) * block, True) if numel else None
     if tile is not None:
         R, D, ops, br, bc = tile
         (lk, lt0, lt1), (sk, st0, st1) = ops
         constexprs = dict(BR=br, BC=bc, IDX64=needs_idx64(R, D, br, ops), WITH_LOG_PROB=with_log_prob, LOC_KIND=lk,
                           SCALE_KIND=sk, FAST_MATH=fast)
-        return True, [(tile_grid(R, D, br, bc), (R, D, lt0, lt1, st0, st1))], constexprs
-    layout = _broadcast_layout(out_shape, metas)
+        return out_shape, True, [(tile_grid(R, D, br, bc), (R, D, lt0, lt1, st0, st1))], constexprs
+    layout = _broadcast_layout(out_shape, metas) if numel else None
     if layout is None:
-        return None
+        return out_shape, None, [], {}
     flat = layout_args(layout)
-    constexprs = dict(BLOCK=block, WITH_LOG_PROB=with_log_prob, LOC_SCALAR=math.prod(metas[0][0]) == 1,
-                      SCALE_SCALAR=math.prod(metas[1][0]) == 1, FAST_MATH=fast)
+    constexprs = dict(BLOCK=block, WITH_LOG_PROB=with_log_prob, LOC_SCALAR=math.prod(loc_meta[0]) == 1,
+                      SCALE_SCALAR=math.prod(scale_meta[0]) == 1, FAST_MATH=fast)
     launches = [((programs,), (numel_arg, pid_base, *flat)) for programs, numel_arg, pid_base in launch_splits(numel, 4 * block)]
-    return False, launches, constexprs
+    return out_shape, False, launches, constexprs
 
 
 def normal_rsample_fwd(loc, scale, sample_shape, seed: int, offset: int, with_log_prob: bool, position=None):
     """(z or (z, log_prob)); ``position``: the stream position in device memory instead of
     ``seed``/``offset`` (``layout.position_args``)."""
-    out_shape = tuple(sample_shape) + reference.broadcast_shape(loc.shape, scale.shape)
-    z = torch.empty(out_shape, dtype=loc.dtype, device=loc.device)
+    fast = fast_math(loc)
+    out_shape, tiled, launches, constexprs = _fwd_plan(
+        tuple(sample_shape), (loc.shape, loc.stride()), (scale.shape, scale.stride()), loc.dtype, with_log_prob, fast)
+    if out_shape == loc.shape:  # the common case; empty_like is the cheapest allocation from Python
+        z = torch.empty_like(loc, memory_format=torch.contiguous_format)
+    else:
+        z = torch.empty(out_shape, dtype=loc.dtype, device=loc.device)
     # without log_prob its pointer is never written; an input then, not z again (an output passed
     # twice would alias two kernel outputs in a compiled graph: ops.expose_kernels)
     log_prob = torch.empty_like(z) if with_log_prob else loc
-    if z.numel():
-        plan = _fwd_plan(out_shape, _metas((loc, scale)), loc.dtype, with_log_prob, fast_math(z))
-        if plan is None:  # rare: irreducible broadcast across > MAX_DIMS dims; expanded copies
-            (loc, scale), _ = broadcast_args(out_shape, loc, scale)
-            plan = _fwd_plan(out_shape, _metas((loc, scale)), loc.dtype, with_log_prob, fast_math(z))
-        tiled, launches, constexprs = plan
-        kernel = _normal_rsample_fwd_2d_kernel if tiled else _normal_rsample_fwd_kernel
+    if tiled is None and z.numel():  # rare: irreducible broadcast across > MAX_DIMS dims; expanded copies
+        (loc, scale), _ = broadcast_args(out_shape, loc, scale)
+        _, tiled, launches, constexprs = _fwd_plan((), (loc.shape, loc.stride()), (scale.shape, scale.stride()),
+                                                   loc.dtype, with_log_prob, fast)
+    if launches:
+        kernel = launcher(_normal_rsample_fwd_2d_kernel if tiled else _normal_rsample_fwd_kernel, z)
         words = position_args(seed, offset, position, z.device)
         for grid, args in launches:
-            launcher(kernel, z)[grid](z, log_prob, loc, scale, *args, *words, **constexprs)
+            kernel[grid](z, log_prob, loc, scale, *args, *words, **constexprs)
     return (z, log_prob) if with_log_prob else z
 
 
