@@ -10,6 +10,7 @@ import math
 import os
 import struct
 
+import torch
 import triton
 import triton.language as tl  # noqa: F401  (Triton needs it visible to the jit'd helpers)
 
@@ -29,8 +30,6 @@ def next_power_of_2(n: int) -> int:
 
 def block_counters(dtype) -> int:
     """Philox counters per program (4 elements each): 1024 elements, 512 for float64."""
-    import torch
-
     return 256 if dtype == torch.float64 else 1024
 
 
@@ -85,8 +84,6 @@ def launcher(kernel, out):
     traced into a torch.compile graph (``out``, the launch's output, is then a FunctionalTensor:
     ``ops.expose_kernels``), so the launch is recorded as a triton_kernel_wrapper node that
     Inductor calls from its generated code."""
-    import torch
-
     if type(out) is torch.Tensor:
         return kernel
     from torch.library import wrap_triton
@@ -145,8 +142,6 @@ def grad_buffer(t, out_shape, needed: bool):
     ``t``'s own dtype (no reduction: the kernel's rounding is the final one)."""
     if not needed:
         return None
-    import torch
-
     from ..reference import compute_dtype
 
     reduce = tuple(t.shape) != tuple(out_shape)
@@ -173,8 +168,6 @@ def position_args(seed: int, offset: int, position, device):
         return position, 0, 0, 0, 0, 1
     dummy = _DUMMY_POSITION.get(device)
     if dummy is None:
-        import torch
-
         dummy = _DUMMY_POSITION[device] = torch.zeros(2, dtype=torch.int64, device=device)
     return (dummy, *_UNPACK_WORDS(_PACK_POSITION(seed & _MASK64, offset & _MASK64)), 0)
 
