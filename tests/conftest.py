@@ -53,3 +53,14 @@ def poisoned_empty(monkeypatch):
         return t.fill_(float("nan") if t.is_floating_point() else -7)
 
     monkeypatch.setattr(torch, "empty", empty)
+
+
+@pytest.fixture
+def no_recompiles():
+    """A fresh dynamo; one cache entry per function, and an error instead of a silent fallback past it."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        yield
+    torch._dynamo.reset()

@@ -34,15 +34,6 @@ def two_draws(loc, scale):
     return rsample_log_prob(loc, scale)[0], rsample_log_prob(loc, scale)[0]
 
 
-@pytest.fixture
-def no_recompiles():
-    torch._dynamo.reset()
-    # one cache entry per function, and an error instead of a silent fallback past it
-    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
-        yield
-    torch._dynamo.reset()
-
-
 def _params():
     loc = torch.randn(4, 5, requires_grad=True)
     scale = (torch.rand(5) + 0.5).requires_grad_()

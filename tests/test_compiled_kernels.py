@@ -85,14 +85,6 @@ CASES = {"normal_and_log_prob": normal_and_log_prob, "sample": normal_sample, "k
 
 
 @pytest.fixture
-def no_recompiles():
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
-        yield
-    torch._dynamo.reset()
-
-
-@pytest.fixture
 def cpu_graph_kernels():
     if not INTERPRET:
         pytest.skip("CPU kernels run under TRITON_INTERPRET=1")
