@@ -213,30 +213,33 @@ class Recorder:
 for module in (normal_event_sum, normal_kl, normal_log_prob, normal_rsample, philox, tanh_normal):
     module.launcher = lambda kernel, out: Recorder(kernel)
 
+from torchdist_fast.triton_kernels.layout import force_fast_math
+
 position = torch.tensor([5, 8], dtype=torch.int64)
-for dtype in (torch.float32, torch.bfloat16):
-    for shape in ((6, 8), (256, 8), (5, 3)):  # 1-D launch, 2-D tiles, a tail launch
-        loc, scale = torch.randn(shape, dtype=dtype), torch.rand(shape, dtype=dtype) + 0.5
-        row = torch.rand(shape[-1], dtype=dtype) + 0.5
-        for pos in (None, position):
-            normal_rsample.normal_rsample_fwd(loc, scale, (2,), 1, 2, True, position=pos)
-            normal_rsample.normal_rsample_bwd(torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype), row, 1, 2,
-                                              position=pos)
-            philox.philox_randn(shape, 1, 2, dtype, torch.device("cpu"), position=pos)
-            tanh_normal.tanh_normal_fwd(loc, scale, shape, 1, 0.5, 1.5, 1, 2, True, True, position=pos)
-            tanh_normal.tanh_normal_bwd(torch.randn(shape, dtype=dtype), torch.randn(shape[:-1], dtype=dtype), loc, scale,
-                                        shape, 1, 1.5, 1, 2, [True, True], True, position=pos)
-        normal_log_prob.normal_log_prob_fwd(torch.randn(shape, dtype=dtype), loc, row)
-        normal_log_prob.normal_log_prob_bwd(torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype), loc, row,
-                                            [True, True, True])
-        normal_event_sum.normal_log_prob_sum_fwd(torch.randn(shape, dtype=dtype), loc, row, 1)
-        normal_kl.normal_kl_fwd(shape, dtype, torch.device("cpu"), loc, scale, row, None)
-        normal_kl.normal_kl_bwd(torch.randn(shape, dtype=dtype), loc, scale, row, None, [True, True, True, False])
+for dtype, fast in ((torch.float32, False), (torch.bfloat16, False), (torch.float32, True)):  # fast: what CUDA runs
+    with force_fast_math(fast):
+        for shape in ((6, 8), (256, 8), (5, 3)):  # 1-D launch, 2-D tiles, a tail launch
+            loc, scale = torch.randn(shape, dtype=dtype), torch.rand(shape, dtype=dtype) + 0.5
+            row = torch.rand(shape[-1], dtype=dtype) + 0.5
+            for pos in (None, position):
+                normal_rsample.normal_rsample_fwd(loc, scale, (2,), 1, 2, True, position=pos)
+                normal_rsample.normal_rsample_bwd(torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype), row, 1, 2,
+                                                  position=pos)
+                philox.philox_randn(shape, 1, 2, dtype, torch.device("cpu"), position=pos)
+                tanh_normal.tanh_normal_fwd(loc, scale, shape, 1, 0.5, 1.5, 1, 2, True, True, position=pos)
+                tanh_normal.tanh_normal_bwd(torch.randn(shape, dtype=dtype), torch.randn(shape[:-1], dtype=dtype), loc, scale,
+                                            shape, 1, 1.5, 1, 2, [True, True], True, position=pos)
+            normal_log_prob.normal_log_prob_fwd(torch.randn(shape, dtype=dtype), loc, row)
+            normal_log_prob.normal_log_prob_bwd(torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype), loc, row,
+                                                [True, True, True])
+            normal_event_sum.normal_log_prob_sum_fwd(torch.randn(shape, dtype=dtype), loc, row, 1)
+            normal_kl.normal_kl_fwd(shape, dtype, torch.device("cpu"), loc, scale, row, None)
+            normal_kl.normal_kl_bwd(torch.randn(shape, dtype=dtype), loc, scale, row, None, [True, True, True, False])
 
 report = []
 for kernel, kwargs in launches:
     writes = sorted(d.name for d in identify_accessed_tensors(kernel, kwargs, {}).read_writes.writes)
-    report.append({"kernel": kernel.fn.__name__, "writes": writes,
+    report.append({"kernel": kernel.fn.__name__, "writes": writes, "fast": kwargs.get("FAST_MATH"),
                    "tensors": sorted(k for k, v in kwargs.items() if isinstance(v, torch.Tensor)),
                    "in_memory": kwargs.get("position_in_memory")})
 json.dump(report, sys.stdout)
@@ -252,7 +255,7 @@ def test_inductor_copies_no_input_of_a_kernel():
     report = json.loads(out.stdout)
     kernels = {r["kernel"] for r in report}
     assert len(kernels) >= 10, kernels
-    assert any(r["in_memory"] == 1 for r in report)
+    assert any(r["in_memory"] == 1 for r in report) and any(r["fast"] for r in report)
     for r in report:
         assert r["writes"], r  # the analysis ran (it finds the outputs)
         inputs = {"loc_ptr", "scale_ptr", "value_ptr", "seed_offset_ptr", "grad_z_ptr", "grad_log_prob_ptr", "grad_ptr",
