@@ -192,6 +192,36 @@ def test_checkpoint_in_a_compiled_graph_recomputes_the_kernels(cpu_graph_kernels
     assert [_hops(g) for g in recorder.graphs] == [1, 2]  # forward; recomputed forward + backward
 
 
+def _functional_cuda_graph(seed_offset_device):
+    """The functionalized graph (what AOTAutograd hands Inductor) of rsample_and_log_prob + log_prob on
+    fake CUDA tensors: the CUDA decision rule, traced without a GPU."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.functional_tensor import dispatch_functionalize
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def step(loc, scale, seed_offset):
+        z, lp = torch.ops.torchdist_fast.normal_rsample_log_prob(loc, scale, [2], seed_offset)
+        return z, lp, torch.ops.torchdist_fast.normal_log_prob(z, loc, scale)
+
+    with FakeTensorMode():
+        loc, scale = torch.empty(6, 8, device="cuda"), torch.empty(6, 8, device="cuda")
+        seed_offset = torch.empty(2, dtype=torch.int64, device=seed_offset_device)
+    return make_fx(dispatch_functionalize(step), tracing_mode="fake")(loc, scale, seed_offset)
+
+
+def test_cuda_ops_become_launches_where_the_position_is_on_the_device(monkeypatch):
+    """On CUDA (fake tensors here): with the pair on the device (the CUDA backend extension built) both
+    ops become launches; with a CPU pair the random op stays opaque (its position is read on the
+    host), log_prob (no position) still becomes a launch; under gpu_kernel("cuda") both stay opaque."""
+    graph = _functional_cuda_graph("cuda")
+    assert _ours(graph) == [] and _hops(graph) == 2, graph.code
+    graph = _functional_cuda_graph("cpu")
+    assert _ours(graph) == ["torchdist_fast.normal_rsample_log_prob.default"] and _hops(graph) == 1, graph.code
+    monkeypatch.setattr(ops, "get_gpu_kernel", lambda: "cuda")
+    graph = _functional_cuda_graph("cuda")
+    assert _hops(graph) == 0 and len(_ours(graph)) == 2, graph.code
+
+
 MUTATION_SCRIPT = r"""
 import json, sys, torch, triton
 from triton.backends.compiler import GPUTarget

@@ -45,13 +45,19 @@ def test_capture_without_the_extension_says_how_to_build_it():
         _capture(lambda: torchdist_fast.Normal(loc, scale).rsample())
 
 
+DISTRIBUTIONS = {"Normal": torchdist_fast.Normal, "TanhNormal": torchdist_fast.TanhNormal,
+                 "IndependentNormal": lambda loc, scale: torchdist_fast.Normal(loc, scale).to_event(1)}
+
+
 @needs_extension
-@pytest.mark.parametrize("method", ["rsample", "sample", "rsample_and_log_prob"])
-def test_replays_draw_fresh_noise_equal_to_eager_at_the_same_position(method):
+@pytest.mark.parametrize("dist, method", [("Normal", "rsample"), ("Normal", "sample"), ("Normal", "rsample_and_log_prob"),
+                                          ("TanhNormal", "rsample_and_log_prob"),
+                                          ("IndependentNormal", "rsample_and_log_prob")])
+def test_replays_draw_fresh_noise_equal_to_eager_at_the_same_position(dist, method):
     loc, scale = _params(False)
 
     def draw():
-        out = getattr(torchdist_fast.Normal(loc, scale), method)()
+        out = getattr(DISTRIBUTIONS[dist](loc, scale), method)()
         return out if isinstance(out, tuple) else (out,)
 
     graph, static = _capture(draw)
