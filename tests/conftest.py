@@ -45,14 +45,16 @@ def _gpu_marker(request):
 
 @pytest.fixture
 def poisoned_empty(monkeypatch):
-    """torch.empty returns NaN-filled (float) or -7 filled (int) memory: unwritten elements show."""
-    real_empty = torch.empty
+    """torch.empty and torch.empty_like return NaN-filled (float) or -7 filled (int) memory:
+    unwritten elements show."""
+    for name in ("empty", "empty_like"):
+        real = getattr(torch, name)
 
-    def empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        return t.fill_(float("nan") if t.is_floating_point() else -7)
+        def poisoned(*args, _real=real, **kwargs):
+            t = _real(*args, **kwargs)
+            return t.fill_(float("nan") if t.is_floating_point() else -7)
 
-    monkeypatch.setattr(torch, "empty", empty)
+        monkeypatch.setattr(torch, name, poisoned)
 
 
 @pytest.fixture

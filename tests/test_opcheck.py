@@ -41,8 +41,25 @@ def test_opcheck_draw_seed_offset():
     assert torch.Tag.nondeterministic_seeded in OPS.draw_seed_offset.default.tags
 
 
+def _family_cases():
+    """The KL, event-sum and TanhNormal ops (their own opchecks are in test_kl.py, test_independent.py
+    and test_tanh_normal.py)."""
+    so = rng.pack_seed_offset(2**63 + 3, 2**32 + 1)
+    loc = torch.randn(3, 4, requires_grad=True)
+    scale = (torch.rand(3, 4) + 0.5).requires_grad_()
+    row = (torch.rand(4) + 0.5).requires_grad_()
+    return [
+        (OPS.normal_kl, (loc, scale, None, None)),
+        (OPS.normal_kl, (loc, scale, 0.5 * loc.detach(), row)),
+        (OPS.normal_log_prob_sum, (torch.randn(2, 3, 4, requires_grad=True), loc, row, 1)),
+        (OPS.normal_entropy_sum, (scale, 1)),
+        (OPS.tanh_normal_rsample, (loc, scale, [2], 1, -1.0, 2.0, so, True)),
+        (OPS.normal_rsample_log_prob_sum, (loc, row, [2], 1, so)),
+    ]
+
+
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="CPU kernels run under TRITON_INTERPRET=1")
-@pytest.mark.parametrize("case", range(len(_cases())))
+@pytest.mark.parametrize("case", range(len(_cases()) + len(_family_cases())))
 def test_opcheck_with_the_kernels_in_compiled_graphs(case, monkeypatch):
     """opcheck, and its AOT-dispatch check with static shapes, with each op replaced by its kernel
     launches (ops.expose_kernels: what CUDA ops get under torch.compile)."""
@@ -53,7 +70,7 @@ def test_opcheck_with_the_kernels_in_compiled_graphs(case, monkeypatch):
     replaced = []
     traceable = ops.kernels_traceable
     monkeypatch.setattr(ops, "kernels_traceable", lambda *a: replaced.append(traceable(*a)) or replaced[-1])
-    op, args = _cases()[case]
+    op, args = (_cases() + _family_cases())[case]
     with torchdist_fast.cpu_kernel("triton"), ops.kernels_in_cpu_graphs():
         torch.library.opcheck(op, args)
         grads = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)

@@ -52,14 +52,15 @@ def test_tile_layout_needs_whole_counters_per_row():
 
 @pytest.fixture
 def poisoned_empty(monkeypatch):
-    """torch.empty returns NaN-filled memory: an element a kernel does not write shows."""
-    real_empty = torch.empty
+    """torch.empty and torch.empty_like return NaN-filled memory: an element a kernel does not write shows."""
+    for name in ("empty", "empty_like"):
+        real = getattr(torch, name)
 
-    def empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
+        def poisoned(*args, _real=real, **kwargs):
+            t = _real(*args, **kwargs)
+            return t.fill_(float("nan")) if t.is_floating_point() else t
 
-    monkeypatch.setattr(torch, "empty", empty)
+        monkeypatch.setattr(torch, name, poisoned)
 
 
 @pytest.fixture
@@ -93,6 +94,26 @@ def test_rsample_tiles_match_reference(dtype, atol, rtol, loc_shape, scale_shape
     assert_close(lp.cpu(), elp, atol, rtol)
     two_d = loc_shape not in ((1, 8), ())
     assert (count_2d.get("_normal_rsample_fwd_2d_kernel", 0) == 1) == two_d, count_2d
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype,atol,rtol", TOLERANCES)
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("with_log_prob", [False, True])
+def test_rsample_output_shaped_as_loc(dtype, atol, rtol, transposed, with_log_prob, triton_device, poisoned_empty):
+    """The common call (no sample dims, loc and scale of one shape) allocates its output with
+    empty_like: contiguous even for a transposed loc, every element written."""
+    gen = torch.Generator().manual_seed(11)
+    loc, scale = _params((12, 9), (12, 9), dtype, gen)
+    if transposed:
+        loc, scale = loc.t(), scale.t()
+    so = rng.pack_seed_offset(SEED, OFFSET)
+    op = OPS.normal_rsample_log_prob if with_log_prob else OPS.normal_rsample
+    out = op(loc.to(triton_device), scale.to(triton_device), [], so)
+    expected = reference.normal_rsample(loc, scale, (), SEED, OFFSET, with_log_prob=with_log_prob)
+    for got, want in zip(out if with_log_prob else (out,), expected if with_log_prob else (expected,)):
+        assert got.is_contiguous() and got.shape == loc.shape
+        assert_close(got.cpu(), want, atol, rtol)
 
 
 @pytest.mark.interpreter

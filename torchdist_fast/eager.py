@@ -32,6 +32,7 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 def direct_ok(*tensors: torch.Tensor) -> bool:
     """Whether a call on ``tensors`` may skip the dispatcher (see the module docstring)."""
     if torch.compiler.is_compiling():  # first: dynamo folds it, and traces none of the calls below
+        ops.kernel_settings()  # read while tracing: dynamo guards on the switches (ops.kernel_settings)
         return False
     if torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack():
         return False

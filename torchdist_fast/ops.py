@@ -666,12 +666,25 @@ _CPU_GRAPHS = {"on": False}
 def kernels_in_cpu_graphs(on: bool = True):
     """Expose the kernels of CPU ops (``cpu_kernel("triton")``, TRITON_INTERPRET=1) to compiled graphs
     too, for tests: Inductor cannot build user Triton kernels for the CPU, but ``backend="aot_eager"``
-    runs the same functionalized graph, launches and all, through the interpreter."""
+    runs the same functionalized graph, launches and all, through the interpreter.
+
+    Test mode only: Inductor's mutation analysis of a kernel needs a GPU driver, so here it fails
+    and assumes every argument written; the graph then copies each input of a launch back into
+    itself (same values, but the inputs' version counters move: an eager autograd graph that
+    saved them refuses to run backward afterwards)."""
     saved, _CPU_GRAPHS["on"] = _CPU_GRAPHS["on"], on
     try:
         yield
     finally:
         _CPU_GRAPHS["on"] = saved
+
+
+def kernel_settings() -> tuple:
+    """The switches that decide whether an op becomes launches in a compiled graph. The distribution
+    methods read them while dynamo traces (``eager.direct_ok``), so dynamo guards on them: a graph
+    compiled under one setting is recompiled, not reused, under another. (A direct call of an op
+    inside a compiled function reads them when the graph is compiled.)"""
+    return get_cpu_kernel(), get_gpu_kernel(), _CPU_GRAPHS["on"]
 
 
 def _concrete(t: torch.Tensor) -> bool:
@@ -701,6 +714,14 @@ def kernels_traceable(args, kwargs) -> bool:
     return all(_concrete(t) for t in tensors)
 
 
+def _decomposition_disabled() -> bool:
+    try:
+        from torch.export._trace import custom_triton_ops_decomposition_disabled
+    except ImportError:  # older torch: export has no such switch
+        return False
+    return custom_triton_ops_decomposition_disabled()
+
+
 def expose_kernels(op) -> None:
     """Register the functionalization rule above for ``op`` (and its kernels for AOTAutograd's cache key)."""
     from torch._subclasses.fake_tensor import FakeTensor
@@ -711,7 +732,8 @@ def expose_kernels(op) -> None:
     def functionalize(mode, overload, types, args, kwargs):
         if any(t not in (torch.Tensor, FunctionalTensor) and not issubclass(t, FakeTensor) for t in types):
             return NotImplemented  # as triton_op: other subclasses get their own say
-        if kernels_traceable(args, kwargs):
+        # torch.export keeps custom ops whole (as it does triton_op's): an exported program holds the op
+        if not _decomposition_disabled() and kernels_traceable(args, kwargs):
             with mode:
                 return impl(*args, **kwargs)
         return mode.__torch_dispatch__(overload, types, args, kwargs)

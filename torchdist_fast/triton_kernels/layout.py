@@ -12,6 +12,7 @@ import struct
 
 import torch
 import triton
+from torch._subclasses.functional_tensor import FunctionalTensor
 import triton.language as tl  # noqa: F401  (Triton needs it visible to the jit'd helpers)
 
 MAX_DIMS = 4
@@ -81,10 +82,10 @@ def fast_math(tensor) -> bool:
 
 def launcher(kernel, out):
     """``kernel`` itself for a launch on plain tensors; ``wrap_triton`` of it while an op is being
-    traced into a torch.compile graph (``out``, the launch's output, is then a FunctionalTensor:
+    traced into a torch.compile graph (``out``, a tensor of the launch, is then a FunctionalTensor:
     ``ops.expose_kernels``), so the launch is recorded as a triton_kernel_wrapper node that
     Inductor calls from its generated code."""
-    if type(out) is torch.Tensor:
+    if not isinstance(out, FunctionalTensor):  # plain tensors, parameters, any eager subclass
         return kernel
     from torch.library import wrap_triton
 

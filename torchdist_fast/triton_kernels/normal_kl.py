@@ -103,7 +103,10 @@ def normal_kl_fwd(out_shape, dtype, device, p_loc, p_scale, q_loc, q_scale):
     numel = out.numel()
     if numel:
         kinds = [_kind(t) for t in params]
-        tensors, layout = broadcast_args(out_shape, *_present(params, out))
+        # absent parameters need a pointer that is never read: an input, not out (an output passed twice
+        # would alias two kernel outputs in a compiled graph: ops.expose_kernels)
+        like = next((t for t in params if t is not None), None)
+        tensors, layout = broadcast_args(out_shape, *_present(params, like if like is not None else out.new_zeros(())))
         for programs, numel_arg, pid_base in launch_splits(numel, BLOCK):
             launcher(_normal_kl_fwd_kernel, out)[(programs,)](
                 out, *tensors, numel_arg, pid_base, *layout, BLOCK=BLOCK,

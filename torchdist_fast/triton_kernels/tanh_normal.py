@@ -36,26 +36,31 @@ TILE = 2048        # elements per program (BR * DP)
 
 
 @triton.jit
-def _tile_indices(pid, rows, D, BR: tl.constexpr, DP: tl.constexpr):
-    """Program ``pid``'s [BR, DP] tile: its rows, mask, local flat indices r * D + c and element
-    indices. Computed apart from the noise and the loads, which take pointers and the stream
-    position: torch's mutation analysis of a wrap_triton kernel takes a pointer computed from a
-    call's result to depend on every argument of the call (see philox._block_indices)."""
-    local = tl.arange(0, BR)[:, None] * D + tl.arange(0, DP)[None, :]
-    row = pid * BR + tl.arange(0, BR)
-    mask = (row < rows)[:, None] & (tl.arange(0, DP) < D)[None, :]
-    return row, mask, local, pid * BR * D + local
+def _tile_local(D, BR: tl.constexpr, DP: tl.constexpr):
+    """Flat indices r * D + c of a [BR, DP] tile, relative to its first element."""
+    return tl.arange(0, BR)[:, None] * D + tl.arange(0, DP)[None, :]
 
 
 @triton.jit
-def _tile_noise(pid, D, local, seed_lo, seed_hi, offset_lo, offset_hi, BR: tl.constexpr, DP: tl.constexpr,
+def _tile_indices(pid, rows, D, BR: tl.constexpr, DP: tl.constexpr):
+    """Program ``pid``'s [BR, DP] tile: its rows, mask and element indices. Computed apart from the
+    noise and the loads, which take pointers and the stream position: torch's mutation analysis of
+    a wrap_triton kernel takes a pointer computed from a call's result to depend on every argument
+    of the call (see philox._block_indices)."""
+    row = pid * BR + tl.arange(0, BR)
+    mask = (row < rows)[:, None] & (tl.arange(0, DP) < D)[None, :]
+    return row, mask, pid * BR * D + _tile_local(D, BR, DP)
+
+
+@triton.jit
+def _tile_noise(pid, D, seed_lo, seed_hi, offset_lo, offset_hi, BR: tl.constexpr, DP: tl.constexpr,
                 NC: tl.constexpr, IS_FP64: tl.constexpr, FAST_MATH: tl.constexpr):
-    """eps of the [BR, DP] tile of program ``pid`` (``local``: its flat indices r * D + c)."""
+    """eps of the [BR, DP] tile of program ``pid``."""
     base = _offset64(offset_lo, offset_hi) + (pid * ((BR // 4) * D)).to(tl.uint64)
     z0, z1, z2, z3 = _stream_normals(base, tl.arange(0, NC), seed_lo, seed_hi, IS_FP64, FAST_MATH)
     flat = tl.interleave(tl.interleave(z0, z2), tl.interleave(z1, z3))  # element 4c + lane, stream order
     # padding columns (c >= D) read a clamped index and are masked out by the caller
-    gathered = tl.gather(flat, tl.reshape(tl.minimum(local, 4 * NC - 1), [BR * DP]), 0)
+    gathered = tl.gather(flat, tl.reshape(tl.minimum(_tile_local(D, BR, DP), 4 * NC - 1), [BR * DP]), 0)
     return tl.reshape(gathered, [BR, DP])
 
 
@@ -72,17 +77,13 @@ def _tanh_parts(u):
 
 
 @triton.jit
-def _tile(pid, D, local, e, mask, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1,
-          scale_t2, scale_t3, seed_lo, seed_hi, offset_lo, offset_hi, BR: tl.constexpr, DP: tl.constexpr,
-          NC: tl.constexpr, IS_FP64: tl.constexpr, FAST_MATH: tl.constexpr):
-    """What forward and backward share for program ``pid`` (indices from ``_tile_indices``): the
-    tile's noise, and loc / scale at its elements, in the compute dtype."""
-    CDT: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    eps = _tile_noise(pid, D, local, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH)
+def _tile_params(e, mask, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2,
+                 scale_t3, CDT: tl.constexpr):
+    """loc and scale at the tile's elements ``e`` (from ``_tile_indices``), in the compute dtype."""
     loc = tl.load(loc_ptr + _broadcast_offset(e, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3), mask=mask, other=0.0).to(CDT)
     scale = tl.load(scale_ptr + _broadcast_offset(e, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3),
                     mask=mask, other=1.0).to(CDT)
-    return eps.to(CDT), loc, scale
+    return loc, scale
 
 
 @triton.jit(do_not_specialize=POSITION_ARGS)
@@ -98,10 +99,11 @@ def _tanh_normal_fwd_kernel(
     pid = tl.program_id(0).to(tl.int64)
     IS_FP64: tl.constexpr = a_ptr.dtype.element_ty == tl.float64
     CDT: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    row, mask, local, e = _tile_indices(pid, rows, D, BR, DP)
-    eps, loc, scale = _tile(
-        pid, D, local, e, mask, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1,
-        scale_t2, scale_t3, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH)
+    # forward and backward share: the tile's noise, its rows, mask and elements, loc and scale there
+    eps = _tile_noise(pid, D, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH).to(CDT)
+    row, mask, e = _tile_indices(pid, rows, D, BR, DP)
+    loc, scale = _tile_params(e, mask, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1,
+                              scale_t2, scale_t3, CDT)
     u = loc + scale * eps
     if SQUASH:
         y, _one_minus_y2, log_one_minus_y2 = _tanh_parts(u)
@@ -132,10 +134,11 @@ def _tanh_normal_bwd_kernel(
     pid = tl.program_id(0).to(tl.int64)
     IS_FP64: tl.constexpr = loc_ptr.dtype.element_ty == tl.float64
     CDT: tl.constexpr = tl.float64 if IS_FP64 else tl.float32
-    row, mask, local, e = _tile_indices(pid, rows, D, BR, DP)
-    eps, loc, scale = _tile(
-        pid, D, local, e, mask, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1,
-        scale_t2, scale_t3, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH)
+    # forward and backward share: the tile's noise, its rows, mask and elements, loc and scale there
+    eps = _tile_noise(pid, D, seed_lo, seed_hi, offset_lo, offset_hi, BR, DP, NC, IS_FP64, FAST_MATH).to(CDT)
+    row, mask, e = _tile_indices(pid, rows, D, BR, DP)
+    loc, scale = _tile_params(e, mask, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1,
+                              scale_t2, scale_t3, CDT)
     gu = tl.zeros([BR, DP], dtype=CDT)
     g_scale = tl.zeros([BR, DP], dtype=CDT)
     if SQUASH:
