@@ -231,6 +231,26 @@ def test_checkpoint_in_a_compiled_graph_recomputes_the_kernels(cpu_graph_kernels
     assert [_hops(g) for g in recorder.graphs] == [1, 2]  # forward; recomputed forward + backward
 
 
+def test_every_op_keys_the_compile_cache_on_the_kernels_it_may_launch():
+    """AOTAutograd's cache key holds the source of the Triton kernels of each op in a graph: every
+    op lists its launcher modules, and together they are every module with kernels."""
+    import pkgutil
+
+    from torch._library.triton import get_triton_kernels_for_op
+
+    from torchdist_fast import triton_kernels
+
+    modules = {info.name for info in pkgutil.iter_modules(triton_kernels.__path__)} - {"layout"}
+    assert set(ops._ALL_MODULES) == modules
+    assert {op._name for op in ops.EXPOSED_OPS} == set(ops._KERNEL_MODULES)
+    launched = {op._name: {k.fn.__name__ for k in get_triton_kernels_for_op(f"torchdist_fast::{op._name}")}
+                for op in ops.EXPOSED_OPS}
+    assert "_normal_rsample_fwd_2d_kernel" in launched["normal_rsample_log_prob"]
+    assert "_philox_randn_kernel" in launched["tanh_normal_rsample"]  # the unfused path's noise
+    assert set().union(*launched.values()) >= {"_normal_kl_bwd_kernel", "_normal_event_sum_fwd_kernel",
+                                               "_tanh_normal_bwd_kernel", "_normal_log_prob_bwd_2d_kernel"}
+
+
 def _functional_cuda_graph(seed_offset_device):
     """The functionalized graph (what AOTAutograd hands Inductor) of rsample_and_log_prob + log_prob on
     fake CUDA tensors: the CUDA decision rule, traced without a GPU."""

@@ -744,27 +744,44 @@ def expose_kernels(op) -> None:
         from torch._library.triton import triton_ops_to_kernels
     except ImportError:  # older torch: no such cache key
         return
-    triton_ops_to_kernels[f"{op._namespace}::{op._name}"] = _KERNELS
+    triton_ops_to_kernels[f"{op._namespace}::{op._name}"] = _Kernels(_KERNEL_MODULES.get(op._name, _ALL_MODULES))
 
 
-class _AllKernels:
-    """Every Triton kernel of the package, listed when first iterated (the package imports without triton)."""
+# the launcher modules each op's implementation may call (their kernels' sources key the cache);
+# the kernels' jit helpers in other modules come with them (the source closure torch computes)
+_ALL_MODULES = ("philox", "normal_rsample", "normal_log_prob", "normal_kl", "normal_event_sum", "tanh_normal")
+_KERNEL_MODULES = {
+    "philox_randn": ("philox",),
+    **{name: ("normal_rsample",) for name in ("normal_rsample", "normal_sample", "normal_rsample_log_prob",
+                                              "normal_rsample_backward")},
+    **{name: ("normal_log_prob",) for name in ("normal_log_prob", "normal_log_prob_backward")},
+    **{name: ("normal_kl",) for name in ("normal_kl", "normal_kl_backward")},
+    **{name: ("normal_event_sum",) for name in ("normal_log_prob_sum", "normal_entropy_sum")},
+    # the event ops: the fused kernels, or Philox noise and torch code where they do not apply
+    **{name: ("tanh_normal", "philox") for name in ("tanh_normal_rsample", "tanh_normal_rsample_backward",
+                                                    "normal_rsample_log_prob_sum", "normal_rsample_log_prob_sum_backward")},
+}
+
+
+class _Kernels:
+    """The Triton kernels of some launcher modules, listed when first iterated (the package
+    imports without triton)."""
+
+    def __init__(self, modules):
+        self.modules = modules
 
     def __iter__(self):
         import importlib
-        import pkgutil
 
-        from . import triton_kernels
         from .triton_kernels.layout import traceable
 
         found = []
-        for info in pkgutil.iter_modules(triton_kernels.__path__):
-            module = importlib.import_module(f"{triton_kernels.__name__}.{info.name}")
+        for name in self.modules:
+            module = importlib.import_module(f"{__package__}.triton_kernels.{name}")
             found += [traceable(v) for k, v in sorted(vars(module).items()) if k.endswith("_kernel") and hasattr(v, "fn")]
         return iter(found)
 
 
-_KERNELS = _AllKernels()
 # every op but draw_seed_offset (a Library op, not a CustomOpDef): the ones that may launch kernels
 EXPOSED_OPS = tuple({id(v): v for v in list(globals().values())
                      if isinstance(v, torch._library.custom_ops.CustomOpDef)}.values())
