@@ -95,3 +95,29 @@ def test_checkpoint_recomputes_the_same_noise(cpu_kernel):
     torch.manual_seed(7)
     checkpoint(block, loc, scale, use_reentrant=False).backward()
     torch.testing.assert_close((loc.grad, scale.grad), expected)
+
+
+@pytest.mark.parametrize("through", ["ops", "Normal"])
+def test_checkpoint_context_saves_the_draws(through, cpu_kernel):
+    """checkpoint(..., context_fn=torchdist_fast.checkpoint_context): the draw is saved, not repeated
+    (the generator moves once), and the gradients are those without checkpointing."""
+    import torchdist_fast
+
+    loc, scale = _params()
+
+    def block(loc, scale):
+        if through == "ops":
+            z, lp = rsample_log_prob(loc, scale, (2,))
+        else:
+            z, lp = torchdist_fast.Normal(loc, scale).rsample_and_log_prob((2,))
+        return (z * z).sum() + lp.sum()
+
+    with torchdist_fast.cpu_sampling("philox"):
+        torch.manual_seed(7)
+        block(loc, scale).backward()
+        expected = (loc.grad.clone(), scale.grad.clone(), torch.get_rng_state())
+        loc.grad = scale.grad = None
+        torch.manual_seed(7)
+        checkpoint(block, loc, scale, use_reentrant=False, context_fn=torchdist_fast.checkpoint_context).backward()
+    torch.testing.assert_close((loc.grad, scale.grad), expected[:2])
+    assert torch.equal(torch.get_rng_state(), expected[2])

@@ -210,25 +210,26 @@ def test_symbolic_shapes_keep_the_opaque_op(validate_args, cpu_graph_kernels, no
     assert "torchdist_fast.normal_rsample_log_prob.default" in _ours(recorder.graphs[0])
 
 
-def test_checkpoint_in_a_compiled_graph_recomputes_the_kernels(cpu_graph_kernels, no_recompiles):
-    """The checkpointed op is recomputed in the backward graph from the same stream position: the
-    same noise, and the backward graph launches the forward kernel again."""
+@pytest.mark.parametrize("kernels_in_graph", [False, True])
+def test_checkpoint_in_a_compiled_graph_recomputes_the_kernels(kernels_in_graph, no_recompiles):
+    """A sampling function under torch.utils.checkpoint inside torch.compile, with
+    checkpoint_context (the draws saved, the rest recomputed): eager's numbers and gradients; with
+    the kernels in the graph the backward graph launches the forward kernel again."""
+    if not INTERPRET:
+        pytest.skip("CPU kernels run under TRITON_INTERPRET=1")
     from torch.utils.checkpoint import checkpoint
 
-    from torchdist_fast.functional import draw_seed_offset
-
     def step(loc, scale):
-        # the draw outside the checkpointed function: a draw inside one does not compile (README, "torch.compile")
-        seed_offset = draw_seed_offset(loc.device, loc.numel())
-        return checkpoint(lambda a, b: torch.ops.torchdist_fast.normal_rsample_log_prob(a, b, [], seed_offset),
-                          loc, scale, use_reentrant=False)
+        return checkpoint(lambda a, b: tdf.Normal(a, b).rsample_and_log_prob(), loc, scale, use_reentrant=False,
+                          context_fn=tdf.checkpoint_context)
 
     recorder = GraphRecorder()
     loc, scale = _params()
-    eager = _run(step, loc, scale, 11)
-    graph = _run(torch.compile(step, fullgraph=True, backend=recorder), loc, scale, 11)
+    with tdf.cpu_sampling("philox"), tdf.cpu_kernel("triton"), ops.kernels_in_cpu_graphs(kernels_in_graph):
+        eager = _run(step, loc, scale, 11)
+        graph = _run(torch.compile(step, fullgraph=True, backend=recorder), loc, scale, 11)
     assert all(torch.equal(e, c) for e, c in zip(eager[0] + eager[1], graph[0] + graph[1]))
-    assert [_hops(g) for g in recorder.graphs] == [1, 2]  # forward; recomputed forward + backward
+    assert [_hops(g) for g in recorder.graphs] == ([1, 2] if kernels_in_graph else [0, 0])  # forward; recomputed + backward
 
 
 def test_every_op_keys_the_compile_cache_on_the_kernels_it_may_launch():

@@ -19,7 +19,7 @@ from .distribution import Normal, patch
 from . import kl  # noqa: F401,E402  (registers kl_divergence for torchdist_fast.Normal)
 from .independent import IndependentNormal
 from .tanh_normal import TanhNormal
-from .functional import randn
+from .functional import checkpoint_context, randn
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,7 @@ __all__ = [
     "TanhNormal",
     "patch",
     "randn",
+    "checkpoint_context",
     "cpu_kernel",
     "cpu_sampling",
     "get_cpu_kernel",

@@ -1,4 +1,5 @@
-"""Public functions over the ops: ``randn`` and the draw of a stream position."""
+"""Public functions over the ops: ``randn``, the draw of a stream position, and the checkpoint
+policy that saves the draws."""
 from __future__ import annotations
 
 import math
@@ -29,6 +30,28 @@ def draw_seed_offset(device: torch.device, numel, generator: torch.Generator | N
             "the default generator); trace without generator=, or use torch.compile, which supports it"
         )
     return torch.ops.torchdist_fast.draw_seed_offset(str(device), counters_for(numel), generator)
+
+
+def _save_draws(ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    if op == torch.ops.torchdist_fast.draw_seed_offset.default:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def checkpoint_context():
+    """``context_fn`` for ``torch.utils.checkpoint(..., use_reentrant=False)`` around code that samples:
+    the stream-position draws are saved (16 bytes each), everything else is recomputed.
+
+    Needed under ``torch.compile``: there a draw inside a checkpointed function would otherwise be
+    recomputed in the backward graph, which AOTAutograd refuses for an effectful op (an
+    ``AssertionError`` when the compiled forward runs). Eager checkpointing works either way; with
+    this policy the backward reuses the saved positions instead of restoring the generator.
+    """
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(_save_draws)
 
 
 def _parse_size(size) -> tuple:
