@@ -97,10 +97,12 @@ def test_checkpoint_recomputes_the_same_noise(cpu_kernel):
     torch.testing.assert_close((loc.grad, scale.grad), expected)
 
 
+@pytest.mark.parametrize("preserve_rng_state", [True, False])
 @pytest.mark.parametrize("through", ["ops", "Normal"])
-def test_checkpoint_context_saves_the_draws(through, cpu_kernel):
+def test_checkpoint_context_saves_the_draws(through, preserve_rng_state, cpu_kernel):
     """checkpoint(..., context_fn=torchdist_fast.checkpoint_context): the draw is saved, not repeated
-    (the generator moves once), and the gradients are those without checkpointing."""
+    (the generator moves once), and the gradients are those without checkpointing, even with no
+    generator state restored for the recompute (what CUDA graph capture needs)."""
     import torchdist_fast
 
     loc, scale = _params()
@@ -118,6 +120,7 @@ def test_checkpoint_context_saves_the_draws(through, cpu_kernel):
         expected = (loc.grad.clone(), scale.grad.clone(), torch.get_rng_state())
         loc.grad = scale.grad = None
         torch.manual_seed(7)
-        checkpoint(block, loc, scale, use_reentrant=False, context_fn=torchdist_fast.checkpoint_context).backward()
+        checkpoint(block, loc, scale, use_reentrant=False, context_fn=torchdist_fast.checkpoint_context,
+                   preserve_rng_state=preserve_rng_state).backward()
     torch.testing.assert_close((loc.grad, scale.grad), expected[:2])
     assert torch.equal(torch.get_rng_state(), expected[2])

@@ -120,7 +120,7 @@ class _Actor(torch.nn.Module):
     """A small policy head: Normal(mu, exp(log_std)), rsample, tanh and log_prob (optionally
     under non-reentrant activation checkpointing)."""
 
-    def __init__(self, normal, checkpointed: bool):
+    def __init__(self, normal, checkpointed):  # False, True, or "saved draws" (checkpoint_context)
         super().__init__()
         self.normal, self.checkpointed = normal, checkpointed
         self.net = torch.nn.Linear(8, 16)
@@ -132,14 +132,17 @@ class _Actor(torch.nn.Module):
         return z.tanh().sum(-1) + d.log_prob(z).sum(-1)
 
     def forward(self, x):
-        if self.checkpointed:
-            from torch.utils.checkpoint import checkpoint
+        from torch.utils.checkpoint import checkpoint
 
+        if self.checkpointed == "saved draws":  # no generator state to restore: capture allows it
+            return checkpoint(self._body, x, use_reentrant=False, preserve_rng_state=False,
+                              context_fn=torchdist_fast.checkpoint_context)
+        if self.checkpointed:
             return checkpoint(self._body, x, use_reentrant=False)
         return self._body(x)
 
 
-def _graphed_step(normal, checkpointed: bool):
+def _graphed_step(normal, checkpointed):
     """[(output, weight grad) of one replay of ``make_graphed_callables`` over the actor, the same
     computed eagerly by an identical copy], both from the generator state of manual_seed(3)."""
     import copy
@@ -184,6 +187,15 @@ def test_checkpoint_in_a_captured_region_behaves_as_torchs_own_rng():
         (out, grad), (out_eager, grad_eager) = ours
         torch.testing.assert_close(out, out_eager, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(grad, grad_eager, rtol=1e-4, atol=1e-4)
+
+
+@needs_extension
+def test_checkpoint_with_saved_draws_in_a_captured_region():
+    """checkpoint_context saves the draws, so the recompute needs no generator state
+    (preserve_rng_state=False): checkpointing works under capture, and a replay equals the eager step."""
+    (out, grad), (out_eager, grad_eager) = _graphed_step(torchdist_fast.Normal, checkpointed="saved draws")
+    torch.testing.assert_close(out, out_eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, grad_eager, rtol=1e-4, atol=1e-4)
 
 
 @needs_extension
