@@ -637,6 +637,16 @@ def write_outputs(data: dict, out_dir: str, stem: str) -> tuple[str, str]:
     return json_path, png_path
 
 
+def print_and_save(text: str, result: dict, json_path: str | None) -> int:
+    """The host_overhead and step_rate CLIs' epilogue: the table on stdout, the result as JSON
+    where asked. Returns the exit status (0)."""
+    print(text)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
 LATENCY_SUMMARY_SIZES = (2**0, 2**6, 2**12)
 
 

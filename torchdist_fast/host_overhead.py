@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
 import os
 import pkgutil
 import platform
@@ -219,11 +218,9 @@ def main(argv=None) -> int:
     except RuntimeError as e:
         print(f"host_overhead: {e}", file=sys.stderr)
         return 2
-    print(table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-    return 0
+    from .bench import print_and_save
+
+    return print_and_save(table(result), result, args.json)
 
 
 if __name__ == "__main__":

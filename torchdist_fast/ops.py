@@ -149,8 +149,7 @@ def rsample_impl(loc, scale, sample_shape, seed: int, offset: int, with_log_prob
         _rsample_shape(loc, scale, sample_shape)
     launchers = _launchers(loc.device)
     if launchers is not None:
-        return launchers.normal_rsample_fwd(loc, scale, sample_shape, seed, offset, with_log_prob,
-                                                         position=position)
+        return launchers.normal_rsample_fwd(loc, scale, sample_shape, seed, offset, with_log_prob, position=position)
     return reference.normal_rsample(loc, scale, sample_shape, seed, offset, with_log_prob)
 
 

@@ -13,7 +13,6 @@ table instead of a number. Compile warm-up is excluded; timing ends with a devic
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -139,11 +138,9 @@ def main(argv=None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
     result = measure(args.device, args.steps, args.modes, args.tasks)
-    print(table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
-    return 0
+    from .bench import print_and_save
+
+    return print_and_save(table(result), result, args.json)
 
 
 if __name__ == "__main__":
