@@ -3,6 +3,8 @@ import os
 import pytest
 import torch
 
+pytest_plugins = ["pytester"]  # tests/test_launch_guard.py runs the triton_device guard on a test file of its own
+
 # Triton reads TRITON_INTERPRET when a kernel is defined: decide before torchdist_fast is imported.
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
@@ -18,14 +20,32 @@ def kernel_devices():
 
 @pytest.fixture(params=kernel_devices())
 def triton_device(request):
-    """A device on which the ops run the Triton kernels (CPU tensors use the interpreter)."""
-    import torchdist_fast
+    """A device on which the ops run the Triton kernels (CPU tensors use the interpreter).
 
-    if request.param == "cpu":
-        with torchdist_fast.cpu_kernel("triton"):
-            yield torch.device("cpu")
-    else:
-        yield torch.device("cuda")
+    Guarded: a test that takes it and launches no Triton kernel on a tensor of that device fails
+    (``pytest_runtest_call`` below), so that it cannot pass on CUDA by comparing the CPU reference
+    with itself."""
+    import torchdist_fast
+    from helpers import counting_triton_launches
+
+    device = torch.device(request.param)
+    with counting_triton_launches(device) as launches:
+        request.node.triton_launches = launches
+        if request.param == "cpu":
+            with torchdist_fast.cpu_kernel("triton"):
+                yield device
+        else:
+            yield device
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """The triton_device guard: once the test body has passed, it must have launched a kernel there."""
+    result = yield
+    launches = getattr(item, "triton_launches", None)
+    if launches is not None:
+        launches.check(item.nodeid)
+    return result
 
 
 @pytest.fixture(params=["reference"] + (["triton"] if INTERPRET else []))

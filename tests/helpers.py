@@ -1,16 +1,19 @@
 """Assertions and data shared by the tests."""
+import contextlib
+import functools
 from pathlib import Path
 
 import pytest
 import torch
 
-KAT_FILE = Path(__file__).resolve().parents[2] / "shared" / "philox_kat.txt"
+# Random123's Philox known-answer vectors: the tests' own copy (it travels with the checkout), and
+# the project's shared copy beside the checkout, which the vendored one must equal where it exists
+KAT_FILE = Path(__file__).resolve().parent / "data" / "philox_kat.txt"
+SHARED_KAT_FILE = Path(__file__).resolve().parents[2] / "shared" / "philox_kat.txt"
 
 
 def kat_rows():
-    """(rounds, [ctr0..3, key0..1, expected0..3]) for every line of ../shared/philox_kat.txt."""
-    if not KAT_FILE.exists():
-        pytest.skip(f"{KAT_FILE} not found (../shared beside the checkout)")
+    """(rounds, [ctr0..3, key0..1, expected0..3]) for every vector of tests/data/philox_kat.txt."""
     rows = []
     for line in KAT_FILE.read_text().splitlines():
         if line.startswith("#") or not line.strip():
@@ -53,3 +56,55 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol
         raise AssertionError(
             f"{int(bad.sum())} of {a.numel()} elements differ beyond atol={atol} rtol={rtol}; worst:\n" + "\n".join(lines)
         )
+
+
+class TritonLaunches:
+    """Triton kernel launches seen while ``counting_triton_launches`` is active: those with a tensor
+    argument on ``device``'s type, and the others."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.on_device = 0
+        self.elsewhere = 0
+
+    def record(self, args, kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if any(t.device.type == self.device.type for t in tensors):
+            self.on_device += 1
+        else:
+            self.elsewhere += 1
+
+    def check(self, what="the test"):
+        """Fail unless a Triton kernel was launched on a tensor of ``device``."""
+        if not self.on_device:
+            pytest.fail(f"{what} takes triton_device ({self.device.type}) but launched no Triton kernel on a "
+                        f"{self.device.type} tensor ({self.elsewhere} launches on other devices): move its tensors "
+                        "to triton_device, or drop the fixture", pytrace=False)
+
+
+@contextlib.contextmanager
+def counting_triton_launches(device):
+    """Count every Triton launch: ``JITFunction.run`` (compiled kernels, and the autotuner's launches)
+    and the interpreter's ``InterpretedFunction.run`` (TRITON_INTERPRET=1), the two methods that
+    ``kernel[grid](...)`` ends in; a warm-up compile is not a launch."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    launches = TritonLaunches(device)
+    originals = [(cls, cls.__dict__["run"]) for cls in (JITFunction, InterpretedFunction)]
+
+    def counted(real):
+        @functools.wraps(real)
+        def run(self, *args, **kwargs):
+            if not kwargs.get("warmup"):
+                launches.record(args, kwargs)
+            return real(self, *args, **kwargs)
+        return run
+
+    for cls, real in originals:
+        cls.run = counted(real)
+    try:
+        yield launches
+    finally:
+        for cls, real in originals:
+            cls.run = real

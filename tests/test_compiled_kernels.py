@@ -23,6 +23,7 @@ from torchdist_fast import ops
 
 HOP = "triton_kernel_wrapper_functional"
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # set by conftest.py without a GPU
+TORCH_VERSION = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
 
 
 def _ours(graph) -> list:
@@ -291,7 +292,15 @@ class Sm90:  # Inductor's analysis compiles the kernel to TTIR for the active ta
         return GPUTarget("cuda", 90, 32)
 
 triton.runtime.driver.set_active(Sm90())
-from torch._higher_order_ops.triton_kernel_wrap import identify_accessed_tensors
+from torch._higher_order_ops import triton_kernel_wrap as ktw
+if hasattr(ktw, "identify_accessed_tensors"):  # torch >= 2.13 (reads and writes)
+    API = "identify_accessed_tensors"
+    def written(kernel, kwargs):
+        return sorted(d.name for d in ktw.identify_accessed_tensors(kernel, kwargs, {}).read_writes.writes)
+else:  # torch 2.11 (the GPU machine's): the same TTIR analysis, writes only
+    API = "identify_mutated_tensors"
+    def written(kernel, kwargs):
+        return sorted(ktw.identify_mutated_tensors(kernel, kwargs, {}))
 from torchdist_fast.triton_kernels import normal_event_sum, normal_kl, normal_log_prob, normal_rsample, philox, tanh_normal
 from torchdist_fast.triton_kernels.layout import force_fast_math
 
@@ -341,8 +350,8 @@ for dtype, fast in ((torch.float32, False), (torch.bfloat16, False), (torch.floa
 
 report = []
 for kernel, kwargs, input_storages in launches:
-    writes = sorted(d.name for d in identify_accessed_tensors(kernel, kwargs, {}).read_writes.writes)
-    report.append({"kernel": kernel.fn.__name__, "writes": writes, "fast": kwargs.get("FAST_MATH"),
+    writes = written(kernel, kwargs)
+    report.append({"api": API, "kernel": kernel.fn.__name__, "writes": writes, "fast": kwargs.get("FAST_MATH"),
                    "in_memory": kwargs.get("position_in_memory"),
                    "written_inputs": [n for n in writes if kwargs[n].data_ptr() in input_storages],
                    "written_twice": [n for n in writes for m, t in kwargs.items()
@@ -358,6 +367,16 @@ def test_inductor_copies_no_input_of_a_kernel():
     out = subprocess.run([sys.executable, "-c", MUTATION_SCRIPT], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
+    # keyed by torch version: torch 2.13 has identify_accessed_tensors, torch 2.11 identify_mutated_tensors
+    # (both analyse the TTIR; both fall back to "every tensor argument is written" on an error, which
+    # the checks below reject)
+    apis = {r["api"] for r in report}
+    if TORCH_VERSION >= (2, 13):
+        assert apis == {"identify_accessed_tensors"}
+    elif TORCH_VERSION <= (2, 11):
+        assert apis == {"identify_mutated_tensors"}
+    else:  # torch 2.12, not tested here: whichever it has
+        assert len(apis) == 1, apis
     kernels = {r["kernel"] for r in report}
     assert len(kernels) >= 10, kernels
     assert any(r["in_memory"] == 1 for r in report) and any(r["fast"] for r in report)

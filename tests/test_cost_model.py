@@ -2,7 +2,8 @@
 
 ``python -m torchdist_fast.cost_model --quick --check`` compiles the float32 and bfloat16
 variants for sm_90 as launched at N = 2**24, counts the hot-path instructions and fails on
-spills or on a variant past its committed threshold (torchdist_fast/cost_model_thresholds.json).
+spills or on a variant past its committed threshold (torchdist_fast/cost_model_thresholds.json,
+one table per Triton major.minor: the releases emit different SASS).
 """
 import json
 import os
@@ -64,10 +65,34 @@ def test_check_fails_on_spills_and_regressions():
     assert cm.check([_row(local_instr=2)], {})
 
 
+# the Triton releases whose SASS the gate is calibrated for: CI's (3.9, and 3.6 under torch 2.11, the
+# GPU machine's stack) and 3.7, which counts differently from both
+CALIBRATED = ("triton 3.6", "triton 3.7", "triton 3.9")
+
+
 def test_thresholds_cover_every_variant_of_the_model():
-    thresholds = json.loads(cm.THRESHOLDS_JSON.read_text())
+    data = json.loads(cm.THRESHOLDS_JSON.read_text())
+    assert set(CALIBRATED) <= set(data), sorted(data)
     names = {v.name for v in cm._variants(2**24)}
-    assert names <= set(thresholds), sorted(names - set(thresholds))
+    for key in CALIBRATED:
+        assert names <= set(data[key]), (key, sorted(names - set(data[key])))
+
+
+def test_thresholds_are_keyed_by_the_triton_release():
+    data = {"triton 3.6": {"v": 1}, "triton 3.7": {"v": 2}, "triton 3.9": {"v": 3}, "_about": "text"}
+    assert cm.triton_key("3.6.0") == "triton 3.6" and cm.triton_key("3.10.1+git0123abc") == "triton 3.10"
+    assert cm.threshold_table("3.6.0", data) == ("triton 3.6", {"v": 1})
+    assert cm.threshold_table("3.7.1", data) == ("triton 3.7", {"v": 2})
+    assert cm.threshold_table("3.9.0+gitdeadbee", data) == ("triton 3.9", {"v": 3})
+    # an uncalibrated release: the nearest calibrated one, the newer on a tie
+    assert cm.threshold_table("3.8.0", data)[0] == "triton 3.9"
+    assert cm.threshold_table("3.4.0", data)[0] == "triton 3.6"
+    assert cm.threshold_table("3.12.0", data)[0] == "triton 3.9"
+    # the committed tables: this Triton's own where calibrated; the releases do count differently
+    key, table = cm.threshold_table()
+    assert key == cm.triton_key() or cm.triton_key() not in CALIBRATED
+    committed = json.loads(cm.THRESHOLDS_JSON.read_text())
+    assert committed["triton 3.6"] != committed["triton 3.9"]
 
 
 def test_issue_targets_in_committed_results():
@@ -95,5 +120,6 @@ def test_cost_model_gate_sm90():
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     assert "all variants within thresholds" in res.stdout
+    assert f"thresholds: {cm.threshold_table()[0]}" in res.stdout  # the running Triton's table (keyed by version)
     table = [line for line in res.stdout.splitlines() if line.startswith("| ") and "instr / elem" not in line]
     assert len(table) >= 40

@@ -458,14 +458,62 @@ def test_unavailable_backend_says_why():
         cuda_backend.normal_log_prob_fwd(torch.ones(1), torch.ones(1), torch.ones(1))
 
 
-def test_setup_cuda_explains_cpu_build():
-    if torch.version.cuda is not None:
-        pytest.skip("CUDA build of torch: setup_cuda.py would build")
+def test_setup_cuda_explains_why_it_cannot_build(tmp_path):
+    """setup_cuda.py builds nothing where it cannot and says why, keyed by the torch build: with a CPU
+    build (CI's torch 2.13), that; with a CUDA build (torch 2.11, the GPU machine's), a missing nvcc."""
+    env = dict(os.environ)
+    if torch.version.cuda is None:
+        expected = "CPU-only build"
+    else:
+        env["CUDA_HOME"] = str(tmp_path / "no-toolkit-here")
+        expected = "nvcc (the CUDA compiler) was not found"
+    built_before = sorted((ROOT / "torchdist_fast").glob("_cuda_backend*"))  # a warm GPU machine may have one
     res = subprocess.run([sys.executable, str(ROOT / "setup_cuda.py"), "build_ext", "--inplace"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert res.returncode == 1
-    assert "CPU-only build" in res.stderr and "setup_cuda.py build_ext --inplace" in res.stderr
-    assert not list((ROOT / "torchdist_fast").glob("_cuda_backend*")), "nothing may be built"
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
+    assert expected in res.stderr and "setup_cuda.py build_ext --inplace" in res.stderr
+    assert sorted((ROOT / "torchdist_fast").glob("_cuda_backend*")) == built_before, "nothing may be built"
+
+
+def _setup_cuda_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("setup_cuda_under_test", ROOT / "setup_cuda.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _executable(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def test_setup_cuda_finds_the_toolkit_behind_a_wrapper_script(tmp_path, monkeypatch):
+    """Without CUDA_HOME: the toolkit of the nvcc on PATH, also where that nvcc is a wrapper script
+    elsewhere (as on the GPU machines: /usr/local/bin/nvcc execs /usr/local/cuda-13.0/bin/nvcc),
+    where torch's own guess, the folder above the script's, is no toolkit."""
+    toolkit = tmp_path / "cuda-99.9"
+    (toolkit / "targets" / "x86_64-linux" / "include").mkdir(parents=True)
+    (toolkit / "targets" / "x86_64-linux" / "include" / "cuda_runtime.h").write_text("")
+    # a stand-in nvcc that reports its root as the real one does under --dryrun
+    real = _executable(toolkit / "bin" / "nvcc", f'#!/bin/sh\necho "#$ _HERE_={toolkit}/bin" >&2\n'
+                                                  f'echo "#$ TOP={toolkit}/bin/.." >&2\n')
+    wrapper = _executable(tmp_path / "local" / "bin" / "nvcc", f'#!/bin/sh\nexec {real} "$@"\n')
+    setup_cuda = _setup_cuda_module()
+    monkeypatch.delenv("CUDA_HOME", raising=False)
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    assert setup_cuda.find_cuda_home() == str(toolkit)
+    link = tmp_path / "links" / "nvcc"  # a symlink: resolved without asking nvcc
+    link.parent.mkdir()
+    link.symlink_to(real)
+    monkeypatch.setenv("PATH", f"{link.parent}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    assert setup_cuda.find_cuda_home() == str(toolkit)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "chosen"))  # CUDA_HOME, when set, decides
+    assert setup_cuda.find_cuda_home() == str(tmp_path / "chosen")
 
 
 def test_kernels_is_not_a_python_package():
@@ -536,3 +584,22 @@ def test_gpu_kernel_setting_refuses_a_backend_that_is_not_built():
     with pytest.raises(ValueError):
         torchdist_fast.set_gpu_kernel("opencl")
     assert torchdist_fast.get_gpu_kernel() == "triton"
+
+
+def test_an_out_of_tree_build_is_found_by_its_folder(tmp_path):
+    """TORCHDIST_FAST_CUDA_BACKEND_DIR: a build kept out of the repository (the GPU check's)."""
+    import importlib.machinery
+
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    assert cuda_backend.built_extension(tmp_path) is None
+    (tmp_path / "torchdist_fast").mkdir()
+    so = tmp_path / "torchdist_fast" / f"_cuda_backend{suffix}"
+    so.write_bytes(b"")
+    assert cuda_backend.built_extension(tmp_path) == so and cuda_backend.built_extension(so) == so
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code = "from torchdist_fast import cuda_backend as c; print(c.available(), '|', c.unavailable_reason())"
+    env = {**os.environ, cuda_backend.BUILD_DIR_ENV: str(empty)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("False |") and f"{cuda_backend.BUILD_DIR_ENV}={empty} holds no built" in res.stdout

@@ -173,11 +173,32 @@ def test_cuda_and_cpu_reference_same_numbers():
 
 
 @pytest.mark.gpu
-def test_cuda_graph_capture_refuses_instead_of_replaying_noise():
+def test_cuda_graph_capture_refuses_or_replays_fresh_noise():
+    """Never the same noise replayed: without the CUDA backend extension the capture is refused;
+    with it built (the position is then read on the device) every replay draws fresh noise, the
+    eager draw's at the same generator position (tests/test_cuda_graphs.py has the rest)."""
+    from torchdist_fast import cuda_backend
+
     graph = torch.cuda.CUDAGraph()
-    with pytest.raises(RuntimeError, match="CUDA graph capture"):
-        with torch.cuda.graph(graph):
-            torchdist_fast.randn(16, device="cuda")
+    if not cuda_backend.available():
+        with pytest.raises(RuntimeError, match="CUDA graph capture"):
+            with torch.cuda.graph(graph):
+                torchdist_fast.randn(16, device="cuda")
+        return
+    stream = torch.cuda.Stream()  # warm up (compile) outside the capture, as torch's docs ask
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torchdist_fast.randn(16, device="cuda")
+    torch.cuda.current_stream().wait_stream(stream)
+    with torch.cuda.graph(graph):
+        static = torchdist_fast.randn(16, device="cuda")
+    torch.cuda.manual_seed(77)
+    graph.replay()
+    first = static.clone()
+    graph.replay()
+    assert not torch.equal(first, static)
+    torch.cuda.manual_seed(77)
+    assert torch.equal(torchdist_fast.randn(16, device="cuda"), first)
 
 
 @pytest.mark.gpu

@@ -46,8 +46,10 @@ def torch_log_prob_sum(value, loc, scale, k):
 @pytest.mark.parametrize("dtype, atol, rtol", TOLERANCES)
 @pytest.mark.parametrize("case", CASES)
 def test_log_prob_sum_kernel_and_reference(triton_device, poisoned_empty, case, dtype, atol, rtol):
-    (value, loc, scale), k = make(case, dtype, seed=len(case), requires_grad=True)
-    got = OPS.normal_log_prob_sum(value, loc, scale, k)
+    (value, loc, scale), k = make(case, dtype, seed=len(case), requires_grad=True)  # the reference's, on the CPU
+    on_device = [t.detach().to(triton_device).requires_grad_() for t in (value, loc, scale)]
+    got = OPS.normal_log_prob_sum(*on_device, k)
+    assert got.device.type == triton_device.type
     with torchdist_fast.cpu_kernel("reference"):
         ref = OPS.normal_log_prob_sum(value, loc, scale, k)
     truth = torch_log_prob_sum(value, loc, scale, k)
@@ -56,7 +58,7 @@ def test_log_prob_sum_kernel_and_reference(triton_device, poisoned_empty, case, 
     # one rounding of the compute-dtype sum: half types within their ulp of the float64 truth
     assert_close(got.double(), truth.detach(), atol * terms + 1e-6, max(rtol, 1e-6))
     grad = torch.randn(got.shape, dtype=torch.float64).to(dtype)
-    grads = torch.autograd.grad(got, (value, loc, scale), grad)
+    grads = torch.autograd.grad(got, on_device, grad.to(triton_device))
     truth_grads = torch.autograd.grad(truth, (value, loc, scale), grad.double())
     for g, t in zip(grads, truth_grads):
         assert_close(g.double(), t.double(), 8 * atol * terms, 8 * rtol)
@@ -66,19 +68,23 @@ def test_log_prob_sum_kernel_and_reference(triton_device, poisoned_empty, case, 
 @pytest.mark.parametrize("k", [0, 1, 2])
 def test_entropy_sum_kernel_and_reference(triton_device, poisoned_empty, dtype, atol, rtol, k):
     scale = (torch.rand(6, 300, dtype=torch.float64) + 0.3).to(dtype).requires_grad_()
-    got = OPS.normal_entropy_sum(scale, k)
+    on_device = scale.detach().to(triton_device).requires_grad_()
+    got = OPS.normal_entropy_sum(on_device, k)
+    assert got.device.type == triton_device.type
     truth = TorchNormal(torch.zeros(()), scale.double()).entropy()
     truth = truth.sum(tuple(range(-k, 0))) if k else truth
     assert_close(got.double(), truth.detach(), atol * 300 * k + atol, rtol)
     grad = torch.randn(got.shape, dtype=torch.float64).to(dtype)
-    (g,) = torch.autograd.grad(got, scale, grad)
+    (g,) = torch.autograd.grad(got, on_device, grad.to(triton_device))
     (t,) = torch.autograd.grad(truth, scale, grad.double())
     assert_close(g.double(), t.double(), 4 * atol, 4 * rtol)
 
 
 def test_sums_are_deterministic(triton_device):
     (value, loc, scale), _ = make("long-event", torch.float32, seed=3)
+    value, loc, scale = (t.to(triton_device) for t in (value, loc, scale))
     runs = [OPS.normal_log_prob_sum(value, loc, scale, 1) for _ in range(3)]
+    assert runs[0].device.type == triton_device.type
     assert all(torch.equal(runs[0], r) for r in runs[1:])
 
 
@@ -104,7 +110,8 @@ def test_empty_and_zero_size_events(cpu_kernel):
 def test_saves_only_inputs_and_launches_one_kernel(triton_device, monkeypatch):
     from torchdist_fast.triton_kernels import normal_event_sum
 
-    (value, loc, scale), k = make("many-rows", torch.float32, seed=4, requires_grad=True)
+    (value, loc, scale), k = make("many-rows", torch.float32, seed=4)
+    value, loc, scale = (t.to(triton_device).requires_grad_() for t in (value, loc, scale))
     assert saved_bytes_beyond_inputs(lambda v, m, s: OPS.normal_log_prob_sum(v, m, s, k), (value, loc, scale)) == 0
     launches = []
     kernel = normal_event_sum._normal_event_sum_fwd_kernel
@@ -211,17 +218,21 @@ def test_rsample_log_prob_sum_is_rsample_then_the_sum(triton_device, case, dtype
     g = torch.Generator().manual_seed(len(case))
     loc = torch.randn(loc_shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
     scale = (torch.rand(scale_shape, generator=g, dtype=torch.float64) + 0.3).to(dtype).requires_grad_()
-    z, lp = OPS.normal_rsample_log_prob_sum(loc, scale, ss, k, SO)
-    z_ref, lp_full = OPS.normal_rsample_log_prob(loc, scale, ss, SO)  # the same noise, log_prob per element
+    loc_d, scale_d = (t.detach().to(triton_device).requires_grad_() for t in (loc, scale))
+    z, lp = OPS.normal_rsample_log_prob_sum(loc_d, scale_d, ss, k, SO)
+    assert z.device.type == lp.device.type == triton_device.type
+    with torchdist_fast.cpu_kernel("reference"):  # the same noise, log_prob per element, by the CPU reference
+        z_ref, lp_full = OPS.normal_rsample_log_prob(loc, scale, ss, SO)
     cdt = torch.float64 if dtype == torch.float64 else torch.float32
     lp_ref = lp_full.to(cdt).sum(tuple(range(-k, 0))).to(dtype) if k else lp_full
     d = max(1, z.numel() // max(1, lp.numel()))
     assert_close(z, z_ref, atol, rtol)
     assert_close(lp, lp_ref, atol * d * 4, rtol * 4)
     gz, gl = torch.randn(z.shape, dtype=dtype), torch.randn(lp.shape, dtype=dtype)
-    grads = torch.autograd.grad((z, lp), (loc, scale), (gz, gl))
+    grads = torch.autograd.grad((z, lp), (loc_d, scale_d), (gz.to(triton_device), gl.to(triton_device)))
     gl_full = gl.reshape(tuple(gl.shape) + (1,) * k).expand(lp_full.shape)
-    ref_grads = torch.autograd.grad((z_ref, lp_full), (loc, scale), (gz, gl_full.contiguous()))
+    with torchdist_fast.cpu_kernel("reference"):  # the backward, too
+        ref_grads = torch.autograd.grad((z_ref, lp_full), (loc, scale), (gz, gl_full.contiguous()))
     for a, b in zip(grads, ref_grads):
         assert_close(a, b, 20 * atol * d, 20 * rtol)
 

@@ -46,15 +46,16 @@ def make(case, dtype, seed=0, requires_grad=False):
 @pytest.mark.parametrize("dtype, atol, rtol", TOLERANCES)
 @pytest.mark.parametrize("case", CASES)
 def test_kernel_matches_reference_forward_and_backward(triton_device, poisoned_empty, case, dtype, atol, rtol):
-    params = make(case, dtype, seed=hash(case) % 1000, requires_grad=True)
-    present = [p for p in params if p is not None]
-    out = OPS.normal_kl(*params)
-    ref = reference_normal_kl(*[p.detach() if p is not None else None for p in params])
+    params = make(case, dtype, seed=hash(case) % 1000)  # the reference's inputs, on the CPU
+    on_device = [p.to(triton_device).requires_grad_() if p is not None else None for p in params]
+    present = [p for p in on_device if p is not None]
+    out = OPS.normal_kl(*on_device)
+    assert out.device.type == triton_device.type
+    ref = reference_normal_kl(*params)
     assert_close(out, ref, atol, rtol)
     grad = torch.randn(out.shape, dtype=torch.float64).to(dtype)
-    grads = torch.autograd.grad(out, present, grad)
-    ref_grads = [g for g in reference_normal_kl_backward(grad, *[p.detach() if p is not None else None for p in params], [True] * 4)
-                 if g is not None]
+    grads = torch.autograd.grad(out, present, grad.to(triton_device))
+    ref_grads = [g for g in reference_normal_kl_backward(grad, *params, [True] * 4) if g is not None]
     for g, r in zip(grads, ref_grads):
         assert_close(g, r, 4 * atol, 4 * rtol)
 
@@ -63,9 +64,10 @@ def test_kernel_matches_reference_forward_and_backward(triton_device, poisoned_e
 def test_backward_writes_only_what_is_asked(triton_device, poisoned_empty, mask):
     params = make("p_full-q_row", torch.float32, seed=3)
     grad = torch.randn(4, 6)
-    got = OPS.normal_kl_backward(grad, *params, mask)
+    got = OPS.normal_kl_backward(grad.to(triton_device), *[p.to(triton_device) for p in params], mask)
     ref = reference_normal_kl_backward(grad, *params, mask)
     for g, r, need, p in zip(got, ref, mask, params):
+        assert g.device.type == triton_device.type
         if need:
             assert g.shape == p.shape
             assert_close(g, r, 1e-5, 1e-5)
@@ -220,7 +222,8 @@ def test_one_launch_forward_one_backward(triton_device, monkeypatch):
                 return kernel[grid]
 
         monkeypatch.setattr(normal_kl, name, Counted())
-    pl, ps = torch.randn(64, 32, requires_grad=True), (torch.rand(64, 32) + 0.5).requires_grad_()
+    pl = torch.randn(64, 32, device=triton_device, requires_grad=True)
+    ps = (torch.rand(64, 32, device=triton_device) + 0.5).requires_grad_()
     OPS.normal_kl(pl, ps, None, None).sum().backward()
     assert counts == {"_normal_kl_fwd_kernel": 1, "_normal_kl_bwd_kernel": 1}
 

@@ -1,10 +1,23 @@
 """The Philox4x32-10 stream: known answers, reference == Triton kernel, layout promises."""
 import pytest
 import torch
-from helpers import TOLERANCES, assert_close, kat_rows
+from conftest import kernel_devices
+from helpers import TOLERANCES, assert_close, counting_triton_launches, kat_rows
 
-import torchdist_fast  # noqa: F401  (registers the ops)
+import torchdist_fast
 from torchdist_fast import reference, rng
+
+def test_vendored_kat_vectors_are_the_shared_copy():
+    """tests/data/philox_kat.txt is ../shared/philox_kat.txt after its one header line."""
+    from helpers import KAT_FILE, SHARED_KAT_FILE
+
+    vendored = KAT_FILE.read_text().split("\n", 1)
+    assert vendored[0].startswith("# Vendored") and "Random123" in vendored[0]
+    assert "# Source: github.com/DEShawResearch/random123" in vendored[1]
+    if not SHARED_KAT_FILE.exists():
+        pytest.skip(f"{SHARED_KAT_FILE} not found (../shared beside the checkout): the vendored copy is used alone")
+    assert vendored[1] == SHARED_KAT_FILE.read_text()
+
 
 def test_kat_vectors_exact():
     rows = kat_rows()
@@ -43,13 +56,27 @@ def test_triton_words_equal_reference(seed, offset, call, triton_device):
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("dtype,atol,rtol", TOLERANCES)
-@pytest.mark.parametrize("shape", [(1,), (7,), (1023,), (1025,), (3, 5, 7), (0,), (2, 0, 3)])
+@pytest.mark.parametrize("shape", [(1,), (7,), (1023,), (1025,), (3, 5, 7)])
 @pytest.mark.parametrize("seed,offset", SEEDS_OFFSETS[1:4])
 def test_triton_normals_equal_reference(dtype, atol, rtol, shape, seed, offset, triton_device, poisoned_empty):
     so = rng.pack_seed_offset(seed, offset)
     got = torch.ops.torchdist_fast.philox_randn(list(shape), so, dtype, triton_device)
     expected = reference.philox_randn(shape, seed, offset, dtype)
     assert_close(got.cpu(), expected, atol, rtol)
+
+
+@pytest.mark.parametrize("dtype", [t[0] for t in TOLERANCES])
+@pytest.mark.parametrize("shape", [(0,), (2, 0, 3)])
+@pytest.mark.parametrize("device", kernel_devices())
+def test_triton_normals_of_no_elements_launch_nothing(dtype, shape, device):
+    """A draw of no elements: an empty tensor on the device, and no kernel launched (so it does not
+    take triton_device, whose guard wants a launch)."""
+    so = rng.pack_seed_offset(123456789, 5)
+    with torchdist_fast.cpu_kernel("triton"), counting_triton_launches(device) as launches:
+        got = torch.ops.torchdist_fast.philox_randn(list(shape), so, dtype, torch.device(device))
+    assert got.shape == shape and got.dtype == dtype and got.device.type == device
+    assert launches.on_device == launches.elsewhere == 0
+    assert torch.equal(got.cpu(), reference.philox_randn(shape, 123456789, 5, dtype))
 
 
 def test_stream_layout_documented():

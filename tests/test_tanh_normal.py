@@ -52,9 +52,11 @@ def reference_of(loc, scale, sample_shape, k, low, high, with_log_prob=True):
 def test_kernel_matches_reference(triton_device, poisoned_empty, case, dtype, atol, rtol):
     if case == "long-event-unfused" and dtype != torch.float32:
         pytest.skip("one dtype is enough for the unfused path")
-    loc, scale, ss, k, low, high = make(case, dtype, requires_grad=True, seed=len(case))
+    loc_c, scale_c, ss, k, low, high = make(case, dtype, seed=len(case))  # the reference's, on the CPU
+    loc, scale = (t.to(triton_device).requires_grad_() for t in (loc_c, scale_c))
     a, lp = OPS.tanh_normal_rsample(loc, scale, ss, k, low, high, SO, True)
-    eps, a_ref, lp_ref = reference_of(loc, scale, ss, k, low, high)
+    assert a.device.type == lp.device.type == triton_device.type
+    eps, a_ref, lp_ref = reference_of(loc_c, scale_c, ss, k, low, high)
     d = max(1, a.numel() // max(1, lp.numel()))
     assert_close(a, a_ref, atol * (high - low), rtol)
     assert_close(lp, lp_ref, atol * d * 8, rtol * 8)
@@ -64,8 +66,9 @@ def test_kernel_matches_reference(triton_device, poisoned_empty, case, dtype, at
     gl = torch.randn(lp.shape, dtype=torch.float64).to(dtype)
     for grads_in in [(ga, gl), (ga, None), (None, gl)]:
         outs = [o for o, g in zip((a, lp), grads_in) if g is not None]
-        got = torch.autograd.grad(outs, (loc, scale), [g for g in grads_in if g is not None], retain_graph=True)
-        ref = reference_tanh_normal_backward(eps, *grads_in, loc.detach(), scale.detach(), k, (high - low) / 2, (True, True))
+        got = torch.autograd.grad(outs, (loc, scale), [g.to(triton_device) for g in grads_in if g is not None],
+                                  retain_graph=True)
+        ref = reference_tanh_normal_backward(eps, *grads_in, loc_c, scale_c, k, (high - low) / 2, (True, True))
         for g, r in zip(got, ref):
             assert_close(g, r, 20 * atol * d, 20 * rtol)
 

@@ -30,7 +30,11 @@ def _normal_event_sum_fwd_kernel(
     row_mask = r < rows
     CDT: tl.constexpr = tl.float64 if out_ptr.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=CDT)
-    for c0 in range(0, cols, BLOCK_C):
+    # a while loop, not `for c0 in range(0, cols, BLOCK_C)`: the interpreter of Triton <= 3.6 cannot
+    # take a runtime int (a 1-element array there) as a Python range bound ("only 0-dimensional
+    # arrays can be converted to Python scalars"); compiled, both are the same loop
+    c0 = 0
+    while c0 < cols:
         c = c0 + tl.arange(0, BLOCK_C)
         mask = row_mask[:, None] & (c < cols)[None, :]
         idx = r[:, None] * cols + c[None, :]
@@ -45,6 +49,7 @@ def _normal_event_sum_fwd_kernel(
             y = (v - loc) / scale
             term = -0.5 * y * y - (tl.log(scale) + LOG_SQRT_2PI)
         acc += tl.where(mask, term, 0.0)
+        c0 += BLOCK_C
     total = tl.sum(acc, axis=1)
     tl.store(out_ptr + r, total.to(out_ptr.dtype.element_ty), mask=row_mask)
 
