@@ -209,3 +209,35 @@ def test_family_ops_do_the_same_work_in_each_column(op, mode):
 def test_cli_takes_the_family_ops():
     res = _run_cli("--ops", "nope", timeout=60)
     assert res.returncode == 2 and "tanh_rsample_and_log_prob" in res.stderr
+
+
+def test_op_modes_pick_rows_and_reject_unknown_ones(tmp_path):
+    assert bench.parse_op_mode("log_prob:fwd+bwd") == ("log_prob", "fwd+bwd")
+    with pytest.raises(ValueError, match="randn:fwd"):
+        bench.parse_op_mode("randn:fwd+bwd")
+    res = _run_cli("--devices", "cpu", "--sizes", "64", "--repeats", "2", "--op-modes", "randn:fwd", "log_prob:fwd+bwd",
+                   "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr[-3000:]
+    data = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert {(r["op"], r["mode"]) for r in data["results"]} == {("randn", "fwd"), ("log_prob", "fwd+bwd")}
+    assert all(r["repeats"] == 2 for r in data["results"])
+    res = _run_cli("--op-modes", "randn:bwd", timeout=60)
+    assert res.returncode == 2 and "is not one of" in res.stderr
+
+
+def test_randn_rows_draw_the_shape_and_dtype_of_the_inputs():
+    loc, scale, value, grad_a, grad_b = bench.make_inputs(64, "cpu", torch.bfloat16, "fwd", 1)
+    for cls in (torch.distributions.Normal, torchdist_fast.Normal):
+        (z,) = bench.make_work(cls, "randn", "fwd")(loc, scale, value, grad_a, grad_b)
+        assert z.shape == loc.shape and z.dtype == torch.bfloat16
+
+
+def test_timed_calls_are_interleaved_across_implementations(monkeypatch):
+    import contextlib
+
+    order = []
+    monkeypatch.setattr(bench, "time_calls", lambda fn, sets, device, n: [fn(*sets[0]) or 1.0] * n)
+    fns = {name: (lambda *a, name=name: order.append(name), contextlib.nullcontext) for name in ("a", "b", "c")}
+    times = bench.time_interleaved(fns, [(0,), (1,)], "cpu", 4)
+    assert times == {"a": [1.0] * 4, "b": [1.0] * 4, "c": [1.0] * 4}
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]

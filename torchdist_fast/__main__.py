@@ -3,7 +3,8 @@
 For every available device: the stream check (Triton words == reference words, normals to
 float rounding; on CPU only under TRITON_INTERPRET=1), then the comparison of
 torch.distributions.Normal eager, the same code under torch.compile, and torchdist_fast.Normal
-for sample, rsample, log_prob and rsample_and_log_prob, forward and forward+backward, over sizes
+for sample, rsample, log_prob and rsample_and_log_prob, forward and forward+backward (``--op-modes``
+picks rows, e.g. ``randn:fwd``: torch.randn against torchdist_fast.randn), over sizes
 (2^0..2^24 on CPU, 2^0..2^28 on a GPU; the sizes up to 2^12 are the small-batch rows, where the
 host time per call decides). Prints a table and writes JSON and a PNG plot. A torch.compile row
 that did not run compiled code (fallback, graph break, recompile) is refused, not reported.
@@ -27,6 +28,15 @@ def _parse_size(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
     return value
+
+
+def _parse_op_mode(text: str) -> tuple:
+    from torchdist_fast.bench import parse_op_mode
+
+    try:
+        return parse_op_mode(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _stream_check(device: str) -> str:
@@ -82,6 +92,8 @@ def main(argv=None) -> int:
     parser.add_argument("--ops", nargs="+", default=list(OPS), choices=ALL_OPS,
                         help="default: the Normal ops; also kl, event_log_prob, tanh_rsample_and_log_prob")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--op-modes", nargs="+", type=_parse_op_mode, metavar="OP:MODE",
+                        help="exactly these rows instead of --ops x --modes, e.g. randn:fwd log_prob:fwd+bwd")
     parser.add_argument("--repeats", type=int, help="timed calls per measurement (default by size)")
     parser.add_argument("--quick", action="store_true", help="a few small sizes: a smoke run in about a minute")
     parser.add_argument("--out", default="out", help="folder for the JSON and PNG (default ./out)")
@@ -108,7 +120,8 @@ def main(argv=None) -> int:
     print(f"torchdist_fast {torchdist_fast.__version__} | torch {env['torch']} | triton {env['triton']} | python {env['python']}")
     for d in devices:
         print(f"{d}: {env['devices'][d]} | {_stream_check(d)}")
-    data = bench.run(devices, args.dtypes, sizes, tuple(args.ops), tuple(args.modes), repeats, progress=_progress)
+    data = bench.run(devices, args.dtypes, sizes, tuple(args.ops), tuple(args.modes), repeats, progress=_progress,
+                     op_modes=args.op_modes)
     print(bench.format_table(data))
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path, png_path = bench.write_outputs(data, args.out, f"results-{'-'.join(devices)}-{stamp}")

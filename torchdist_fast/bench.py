@@ -3,10 +3,12 @@
 torch.distributions.Normal eager, the same code under torch.compile, and torchdist_fast.Normal,
 for sample / rsample / log_prob / rsample_and_log_prob, forward and forward+backward, over sizes.
 
-Timing: a warm-up call (for torch.compile, the compile; reported separately as
-``compile_warmup_s``), then ``repeats`` timed calls; each call uses the next of ``ROTATE`` input
-sets (fresh random data, never zeros) so caches do not flatter; CUDA calls are timed with CUDA
-events, CPU calls with perf_counter; the median is reported with min and max. On CUDA each row
+Timing: a warm-up call per implementation (for torch.compile, the compile; reported separately
+as ``compile_warmup_s``), then ``repeats`` timed calls, interleaved across the implementations
+(round r calls each once, in an order rotated every round, so drift in clocks or load falls on
+all alike); each call uses the next of ``ROTATE`` input sets (fresh random data, never zeros) so
+caches do not flatter; CUDA calls are timed with CUDA events, CPU calls with perf_counter; the
+median is reported with min and max. On CUDA each row
 also has the wall time per call of ``repeats`` back-to-back calls (``wall_s``), the host time a
 call takes to return (``host_s``, no synchronization) and ``host_bound`` (the host, not the GPU,
 sets the pace). On CPU a call is synchronous: ``host_s`` is its whole time.
@@ -19,7 +21,11 @@ only reported when dynamo compiled the forward in one graph, compiled nothing ne
 timed calls, and the profiler saw the compiled region run (``CompileGuard``); otherwise the row
 is refused and listed in ``refused`` with the reason, so the column never shows eager code.
 Bytes that must move are counted per element (see ``BYTES_PER_ELEMENT``) and divided by the
-median time; on a GPU this is also given as a share of the measured device-to-device copy rate.
+median time; on a GPU this is also given as a share of the device-to-device copy rate measured
+with a copy kernel (``device_copy``).
+
+``randn`` (opt-in, ``--ops randn`` or ``--op-modes randn:fwd``) is the draw alone: torch.randn
+against torchdist_fast.randn, the same shape and dtype.
 """
 from __future__ import annotations
 
@@ -41,7 +47,7 @@ OPS = ("sample", "rsample", "log_prob", "rsample_and_log_prob")
 # the log_prob of Independent(Normal, 1) over rows of EVENT elements, and SAC's tanh-squashed
 # Normal (rsample + log_prob); torch's code is kl_divergence / Independent / TransformedDistribution
 FAMILY_OPS = ("kl", "event_log_prob", "tanh_rsample_and_log_prob")
-ALL_OPS = OPS + FAMILY_OPS
+ALL_OPS = ("randn",) + OPS + FAMILY_OPS
 EVENT = 8  # event elements per row of the family ops (an action dimension)
 DTYPES_CHOICES = ("float32", "float64", "float16", "bfloat16")
 MODES = ("fwd", "fwd+bwd")
@@ -50,6 +56,7 @@ SCHEMA_VERSION = 2
 LATENCY_MAX_SIZE = 2**12  # rows at or below this size are the small-batch (latency) rows
 
 # Tensors of the element count that must cross memory, per element (in units of the dtype size):
+#   randn fwd               write z                                                   1
 #   sample/rsample fwd      read loc, scale; write z                                  3
 #   rsample fwd+bwd         + read grad_z; write grad_loc, grad_scale                 6
 #   log_prob fwd            read value, loc, scale; write log_prob                   4
@@ -63,6 +70,7 @@ LATENCY_MAX_SIZE = 2**12  # rows at or below this size are the small-batch (late
 #   tanh_rsample_and_log_prob fwd  read loc, scale; write a, log_prob (1/EVENT)      3.125
 #     fwd+bwd               + read grad_a, grad_lp (1/EVENT), loc, scale; write 2     8.25
 BYTES_PER_ELEMENT = {
+    ("randn", "fwd"): 1,
     ("sample", "fwd"): 3, ("rsample", "fwd"): 3, ("rsample", "fwd+bwd"): 6,
     ("log_prob", "fwd"): 4, ("log_prob", "fwd+bwd"): 10,
     ("rsample_and_log_prob", "fwd"): 4, ("rsample_and_log_prob", "fwd+bwd"): 9,
@@ -76,6 +84,14 @@ def combos(ops=OPS, modes=MODES):
     return [(op, mode) for op in ops for mode in modes if (op, mode) in BYTES_PER_ELEMENT]
 
 
+def parse_op_mode(text: str) -> tuple:
+    """"op:mode" (e.g. "log_prob:fwd+bwd") as (op, mode); ValueError when it is not a benchmark row."""
+    op, _, mode = text.partition(":")
+    if (op, mode) not in BYTES_PER_ELEMENT:
+        raise ValueError(f"{text!r} is not one of {', '.join(f'{o}:{m}' for o, m in BYTES_PER_ELEMENT)}")
+    return op, mode
+
+
 # ----------------------------------------------------------------------------- the work
 def make_fwd(dist_cls, op: str):
     """A new function of (loc, scale, value) returning op's outputs with ``dist_cls`` (a new code
@@ -83,6 +99,16 @@ def make_fwd(dist_cls, op: str):
 
     if op in FAMILY_OPS:
         fwd = _family_fwd(dist_cls, op)
+        fwd.__code__ = fwd.__code__.replace(co_name=f"fwd_{op}")
+        return fwd
+    if op == "randn":
+        import torchdist_fast
+
+        draw = torchdist_fast.randn if issubclass(dist_cls, torchdist_fast.Normal) else torch.randn
+
+        def fwd(loc, scale, value):
+            return (draw(loc.shape, dtype=loc.dtype, device=loc.device),)
+
         fwd.__code__ = fwd.__code__.replace(co_name=f"fwd_{op}")
         return fwd
 
@@ -138,7 +164,7 @@ def with_backward(fwd, op: str, mode: str):
 
     def work(loc, scale, value, grad_a, grad_b):
         outs = fwd(loc, scale, value)
-        if mode == "fwd" or op == "sample":
+        if mode == "fwd" or op in ("sample", "randn"):
             return outs
         # torch.autograd.grad, not .backward(): no accumulation into .grad to time as well; an
         # output smaller than the inputs (a sum per row) takes the leading part of its grad
@@ -355,13 +381,12 @@ def host_syncs_per_call(fn, args, device: str):
     return sum(1 for w in caught if "synchroniz" in str(w.message))
 
 
-def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 28) -> float:
-    """Measured device-to-device copy rate (bytes read + written per second), in GB/s."""
-    n = nbytes // 4
-    src = torch.randn(n, device=device)
-    dst = torch.empty_like(src)
-    times = time_calls(lambda: dst.copy_(src), [()], device, 10)
-    return 2 * nbytes / statistics.median(times[2:]) / 1e9
+def copy_bandwidth_gbps(device: str, nbytes: int | None = None) -> float:
+    """Measured device-to-device copy rate of a copy kernel (bytes read + written per second), in
+    GB/s: ``device_copy.bandwidth``, the reference of every "% of copy"."""
+    from . import device_copy
+
+    return device_copy.bandwidth(device, nbytes or device_copy.COPY_BYTES)["kernel_gbps"]
 
 
 @dataclass
@@ -429,13 +454,15 @@ def cpu_name() -> str:
     return platform.processor() or "CPU"
 
 
-def run(devices, dtypes, sizes_by_device, ops=OPS, modes=MODES, repeats=None, progress=None) -> dict:
-    """Run every combination; returns {"schema_version", "environment", "copy_bandwidth_gbps",
-    "bytes_per_element", "results", "refused"} ("refused": compile rows not reported, and why)."""
+def run(devices, dtypes, sizes_by_device, ops=OPS, modes=MODES, repeats=None, progress=None, op_modes=None) -> dict:
+    """Run every combination (of ``ops`` x ``modes``, or the (op, mode) pairs ``op_modes``);
+    returns {"schema_version", "environment", "copy_bandwidth_gbps", "bytes_per_element",
+    "results", "refused"} ("refused": compile rows not reported, and why)."""
     results: list[Result] = []
     refused: list[dict] = []
     copy_bw = {d: copy_bandwidth_gbps(d) for d in devices if d == "cuda"}
-    plan = [(d, dt, op, mode) for d in devices for dt in dtypes for op, mode in combos(ops, modes)]
+    pairs = list(op_modes) if op_modes is not None else combos(ops, modes)
+    plan = [(d, dt, op, mode) for d in devices for dt in dtypes for op, mode in pairs]
     total = sum(len(sizes_by_device[d]) * len(implementations(d)) for d, *_ in plan)
     bar = progress(total) if progress else None
     draw_cost = {}
@@ -446,9 +473,16 @@ def run(devices, dtypes, sizes_by_device, ops=OPS, modes=MODES, repeats=None, pr
         for size in sizes_by_device[device]:
             n_rep = repeats or _default_repeats(device, size)
             input_sets = [make_inputs(size, device, dtype, mode, seed) for seed in range(ROTATE)]
-            row = {}
+            labels = {impl: f"{device} {dtype_name} {op} {mode} 2^{int(math.log2(size))} {impl}" for impl in implementations(device)}
+
+            def refuse(impl, reason):
+                refused.append(dict(device=device, dtype=dtype_name, op=op, mode=mode, size=size, reason=reason))
+                if bar:
+                    bar(labels[impl] + " (refused)")
+
+            # 1. every implementation warmed up (compiled), 2. the timed calls interleaved, 3. the rest of each row
+            ready = {}  # impl -> (fn, context factory, compiled warm-up record or None)
             for impl, (cls, compiled, ctx) in implementations(device).items():
-                label = f"{device} {dtype_name} {op} {mode} 2^{int(math.log2(size))} {impl}"
                 if compiled:
                     if guard is None and guard_error is None:
                         try:
@@ -456,20 +490,31 @@ def run(devices, dtypes, sizes_by_device, ops=OPS, modes=MODES, repeats=None, pr
                         except Exception as exc:  # noqa: BLE001 - reported as a refused row
                             guard_error = _first_line(exc)
                     if guard_error is not None:
-                        refused.append(dict(device=device, dtype=dtype_name, op=op, mode=mode, size=size, reason=guard_error))
-                        if bar:
-                            bar(label + " (refused)")
+                        refuse(impl, guard_error)
                         continue
                     try:
-                        res = _measure_compiled(guard, cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw)
+                        ready[impl] = (guard.work, ctx, _warm_up_compiled(guard, device, input_sets))
                     except Exception as exc:  # noqa: BLE001 - a fallback, a break or a recompile: refuse the row
-                        refused.append(dict(device=device, dtype=dtype_name, op=op, mode=mode, size=size, reason=_first_line(exc)))
-                        if bar:
-                            bar(label + " (refused)")
+                        refuse(impl, _first_line(exc))
+                else:
+                    work = make_work(cls, op, mode)
+                    with ctx():
+                        _warm_up(work, device, input_sets)
+                    ready[impl] = (work, ctx, None)
+            times = time_interleaved({impl: (fn, ctx) for impl, (fn, ctx, _) in ready.items()}, input_sets, device, n_rep)
+            row = {}
+            for impl, (fn, ctx, warmed) in ready.items():
+                cls = implementations(device)[impl][0]
+                if warmed is not None:
+                    try:
+                        res = _measure_compiled(guard, cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw,
+                                                warmed=warmed, times=times[impl])
+                    except Exception as exc:  # noqa: BLE001 - a fallback, a break or a recompile: refuse the row
+                        refuse(impl, _first_line(exc))
                         continue
                 else:
                     with ctx():
-                        res = _measure(make_work(cls, op, mode), cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw)
+                        res = _measure(fn, cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw, times=times[impl])
                     if impl.startswith("torchdist_fast") and size <= LATENCY_MAX_SIZE:
                         if (device, size) not in draw_cost:
                             draw_cost[(device, size)] = seed_offset_draw_s(device, size)
@@ -477,7 +522,7 @@ def run(devices, dtypes, sizes_by_device, ops=OPS, modes=MODES, repeats=None, pr
                 res.device, res.dtype, res.impl = device, dtype_name, impl
                 row[impl] = res
                 if bar:
-                    bar(label)
+                    bar(labels[impl])
             for res in row.values():
                 res.ratio_vs_eager = row["eager"].median_s / res.median_s
                 res.ratio_vs_compile = row["compile"].median_s / res.median_s if "compile" in row else None
@@ -493,12 +538,27 @@ def run(devices, dtypes, sizes_by_device, ops=OPS, modes=MODES, repeats=None, pr
     }
 
 
-def _timings(fn, op, mode, size, device, dtype, input_sets, n_rep, copy_bw, warm=None) -> "Result":
-    times = time_calls(fn, input_sets, device, n_rep)
+def time_interleaved(fns: dict, input_sets, device: str, repeats: int) -> dict:
+    """{name: ``repeats`` call times} of each (fn, context factory) in ``fns``, the calls
+    interleaved: round r calls every function once, starting one further along each round; each
+    call runs inside its context (entered outside the timed region) on input set r % ROTATE."""
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names) if names else 0
+        for name in names[k:] + names[:k]:
+            fn, ctx = fns[name]
+            with ctx():
+                times[name] += time_calls(fn, [input_sets[r % len(input_sets)]], device, 1)
+    return times
+
+
+def _timings(fn, op, mode, size, device, dtype, input_sets, n_rep, copy_bw, warm=None, times=None) -> "Result":
+    times = times if times is not None else time_calls(fn, input_sets, device, n_rep)
     med = statistics.median(times)
     nbytes = BYTES_PER_ELEMENT[(op, mode)] * size * dtype.itemsize
     res = Result(device=device, dtype="", op=op, mode=mode, size=size, impl="", median_s=med, min_s=min(times),
-                 max_s=max(times), repeats=n_rep, gbps=nbytes / med / 1e9, compile_warmup_s=warm)
+                 max_s=max(times), repeats=len(times), gbps=nbytes / med / 1e9, compile_warmup_s=warm)
     if device in copy_bw:
         res.pct_copy_bandwidth = 100 * res.gbps / copy_bw[device]
     if device == "cuda":
@@ -510,11 +570,18 @@ def _timings(fn, op, mode, size, device, dtype, input_sets, n_rep, copy_bw, warm
     return res
 
 
-def _measure(fn, cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw) -> "Result":
-    fn(*input_sets[0])  # warm-up
+def _warm_up(fn, device, input_sets) -> None:
+    fn(*input_sets[0])
     _sync(device)
     fn(*input_sets[1 % ROTATE])
-    res = _timings(fn, op, mode, size, device, dtype, input_sets, n_rep, copy_bw)
+
+
+def _measure(fn, cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw, times=None) -> "Result":
+    """One row of an eager implementation; without ``times`` (already warmed up and timed) it warms
+    up and times ``fn`` itself."""
+    if times is None:
+        _warm_up(fn, device, input_sets)
+    res = _timings(fn, op, mode, size, device, dtype, input_sets, n_rep, copy_bw, times=times)
     if mode == "fwd+bwd":
         res.saved_bytes_per_element = saved_bytes_per_element(make_fwd(cls, op), input_sets[0][:3], size)
     res.ops_per_call = ops_per_call(fn, input_sets[0], device)
@@ -523,18 +590,29 @@ def _measure(fn, cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw)
     return res
 
 
-def _measure_compiled(guard: CompileGuard, cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw) -> "Result":
+def _warm_up_compiled(guard: CompileGuard, device, input_sets) -> dict:
+    """The compiled function's warm-up (it compiles when this size needs a graph: the first size,
+    size 1): {"warm_s" (None when nothing was compiled), "compiled_now", "graphs_after_warmup"}."""
     fn = guard.work
     graphs_before = guard.graphs()
     t0 = time.perf_counter()
-    fn(*input_sets[0])  # warm-up: compiles when this size needs a graph (first size, size 1)
+    fn(*input_sets[0])
     _sync(device)
     warm = time.perf_counter() - t0
     guard.check_clean()
     compiled_now = guard.graphs() - graphs_before
     graphs_after_warmup = guard.graphs()
     fn(*input_sets[1 % ROTATE])
-    res = _timings(fn, op, mode, size, device, dtype, input_sets, n_rep, copy_bw, warm=warm if compiled_now else None)
+    return {"warm_s": warm if compiled_now else None, "compiled_now": compiled_now, "graphs_after_warmup": graphs_after_warmup}
+
+
+def _measure_compiled(guard: CompileGuard, cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw,
+                      warmed=None, times=None) -> "Result":
+    """One row of the compiled column; without ``warmed`` and ``times`` it warms up and times itself."""
+    fn = guard.work
+    if warmed is None:
+        warmed = _warm_up_compiled(guard, device, input_sets)
+    res = _timings(fn, op, mode, size, device, dtype, input_sets, n_rep, copy_bw, warm=warmed["warm_s"], times=times)
     if mode == "fwd+bwd":
         res.saved_bytes_per_element = saved_bytes_per_element(guard._guarded_fwd, input_sets[0][:3], size)
     guard.check_ran_compiled(input_sets[0])
@@ -543,9 +621,9 @@ def _measure_compiled(guard: CompileGuard, cls, op, mode, size, device, dtype, i
         res.ops_per_call_kind = "kernels"
     res.host_syncs = host_syncs_per_call(fn, input_sets[0], device)
     guard.check_clean()
-    if guard.graphs() != graphs_after_warmup:
-        raise CompileRefused(f"dynamo recompiled during the timed calls ({guard.graphs() - graphs_after_warmup} new graphs)")
-    res.extra["compile"] = {"graphs_total": guard.graphs(), "graphs_compiled_at_this_size": compiled_now,
+    if guard.graphs() != warmed["graphs_after_warmup"]:
+        raise CompileRefused(f"dynamo recompiled during the timed calls ({guard.graphs() - warmed['graphs_after_warmup']} new graphs)")
+    res.extra["compile"] = {"graphs_total": guard.graphs(), "graphs_compiled_at_this_size": warmed["compiled_now"],
                             "graph_breaks": guard.graph_breaks(), "recompiles_while_timed": 0, "compiled_region_ran": True}
     return res
 

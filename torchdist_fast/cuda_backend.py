@@ -5,6 +5,11 @@ The kernels live in ``kernels/*.cu`` (repository root) and are built, only on re
 which registers the ops ``torch.ops.torchdist_fast_cuda.*`` for CUDA tensors. Nothing imports it
 by default: ``available()`` tries, ``unavailable_reason()`` says why it failed.
 
+A build kept out of the source tree (``python setup_cuda.py build_ext --build-lib DIR``, as the
+GPU check does) is used when the environment variable ``TORCHDIST_FAST_CUDA_BACKEND_DIR`` names
+DIR (the folder that holds ``torchdist_fast/_cuda_backend*.so``, or the ``.so`` itself); it then
+takes the place of any in-tree build.
+
 The launchers below have exactly the signatures and return conventions of the Triton launchers
 (``triton_kernels/philox.py``, ``normal_rsample.py``, ``normal_log_prob.py``), so either can serve
 the ``torch.ops.torchdist_fast`` ops. Both produce the stream of ``reference.py`` (same words bit
@@ -14,20 +19,59 @@ they cross into C++ as int64 bit patterns.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from pathlib import Path
 
 import torch
 
 EXTENSION = "torchdist_fast._cuda_backend"
+BUILD_DIR_ENV = "TORCHDIST_FAST_CUDA_BACKEND_DIR"
 _MASK64 = (1 << 64) - 1
 _state: dict = {"tried": False, "ok": False, "reason": ""}
+
+
+def built_extension(folder) -> Path | None:
+    """The extension's shared library inside an out-of-tree build folder (or ``folder`` itself when
+    it is that file); None when there is none."""
+    folder = Path(folder)
+    if folder.is_file():
+        return folder
+    stem = EXTENSION.rsplit(".", 1)[1]
+    for sub in (folder / "torchdist_fast", folder):
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            if (sub / f"{stem}{suffix}").is_file():
+                return sub / f"{stem}{suffix}"
+    return None
+
+
+def _import_from(path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(EXTENSION, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[EXTENSION] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(EXTENSION, None)
+        raise
 
 
 def _try_load() -> None:
     if _state["tried"]:
         return
     _state["tried"] = True
+    folder = os.environ.get(BUILD_DIR_ENV)
     try:
-        importlib.import_module(EXTENSION)
+        if folder:
+            path = built_extension(folder)
+            if path is None:
+                _state["reason"] = f"{BUILD_DIR_ENV}={folder} holds no built {EXTENSION} (torchdist_fast/_cuda_backend*.so)"
+                return
+            _import_from(path)
+        else:
+            importlib.import_module(EXTENSION)
     except ImportError as e:
         missing = isinstance(e, ModuleNotFoundError) and e.name == EXTENSION
         _state["reason"] = (

@@ -1,36 +1,26 @@
-"""``python -m torchdist_fast.gpu_check``: everything a GPU machine should run, in one command.
+"""``python -m torchdist_fast.gpu_check``: what to run in a short GPU window, timed, into one archive.
 
-For a machine that may be lent only briefly, with torch and triton preinstalled and no network.
-Install first (offline): ``pip install --no-deps --no-build-isolation -e .``, then run from the
-repository root:
+For a GPU machine lent briefly (torch, triton, pytest-xdist preinstalled, no network), from the
+repository root (nothing to install):
 
-    python -m torchdist_fast.gpu_check                     # every stage, into benchmarks/results/gpu-<time>/
-    python -m torchdist_fast.gpu_check --stage tests       # one stage (repeat --stage for several)
-    python -m torchdist_fast.gpu_check --dry-run           # print the plan (commands), run nothing
-    python -m torchdist_fast.gpu_check --stage summary --out DIR   # rewrite DIR/summary.md
+    python -m torchdist_fast.gpu_check --out DIR           # the first-contact plan, <= 9 minutes
+    python -m torchdist_fast.gpu_check --plan suite --out DIR   # one of the later plans
+    python -m torchdist_fast.gpu_check --dry-run           # every plan, its commands and time estimates
+    python -m torchdist_fast.gpu_check --stage headline    # single stages (repeat --stage for several)
 
-Stages (each can run alone, each is stopped after --stage-timeout seconds, 600 by default):
+The first-contact plan (the default): env (versions, copy bandwidth measured with a copy kernel),
+build (the CUDA C++ extension, in the background, out of tree, not fatal), silicon (every kernel
+family against the CPU reference on the device, pytest-xdist), headline (torch eager vs
+torch.compile vs ours), graphs (CUDA graph capture, reduce-overhead, Inductor calling our kernels).
+The later plans, one command of <= 9 minutes each, run the rest (full suite, memcheck, ncu,
+benchmark sweeps, family rows, host time, step rates, CUDA backend, VAE).
 
-  env           nvidia-smi, versions, the CUDA device
-  install       pip install --no-deps --no-build-isolation --no-index -e . (offline)
-  tests         the whole test suite on CUDA, without Triton's interpreter, gpu-marked tests included
-  memcheck      compute-sanitizer memcheck on a small run of every op, forward and backward, 4 dtypes
-  bench-fp32    the full benchmark, float32, sizes 2^0..2^28 (python -m torchdist_fast)
-  bench-bf16    the same in bfloat16
-  bench-family  KL, the Independent log_prob and the tanh-Normal against torch's compositions, float32
-  ncu           Nsight Compute: DRAM bytes, time and throughput per kernel at 2^24, and a copy kernel
-  cuda-backend  kernels/check_compile.py, build the CUDA C++ backend, its tests on the device
-  graphs        CUDA graph capture tests (graph-safe draws need the CUDA backend: built here if
-                cuda-backend did not), host time per call (python -m torchdist_fast.host_overhead)
-  steps         SAC / REINFORCE update steps per second: eager, torch.compile, reduce-overhead
-                (python -m torchdist_fast.step_rate)
-  vae           the VAE example at batch 65536 for 200 steps, both implementations
-
-Everything goes into one folder (--out): logs/, stages.json, the results JSON and plots, and a
-``summary.md`` with the headline ratios against eager and torch.compile, written after every run
-from whatever stages have run into that folder so far. Logs are cut to keep the folder under
-16 MB. Stages that need CUDA (or a tool that is missing) are reported as skipped, not run.
-The exit status is 1 if a stage failed or timed out, else 0.
+Each step is a subprocess stopped at its own budget (``gpu_plan`` runs them). Results go to a
+results folder (default: a new temporary folder; the extension build goes beside it, not into the
+repository); after every step (and every 30 s during one) ``stages.json`` and ``summary.md`` are
+rewritten and the folder is packed into ``DIR/<plan>.tar.gz`` (<= 16 MB), with ``DIR/summary.md``
+beside it: a run stopped at any moment leaves what it had. The estimates are ``gpu_estimate``'s.
+The exit status is 1 if a step failed or timed out, else 0.
 """
 from __future__ import annotations
 
@@ -39,51 +29,76 @@ import csv
 import datetime
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
+import tempfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-STAGE_TIMEOUT_S = 600
-MAX_FOLDER_BYTES = 16 * 2**20
-MAX_LOG_BYTES = 2 * 2**20
+from .gpu_plan import ROOT, Command, Context, PlanRun, Step, skip_reason, step_records
+
+PLAN_LIMIT_S = 540          # one command of a GPU window: 9 minutes
+PLAN_DEADLINE_S = 530       # the runner's own deadline: the last archive is written before the limit
 BENCH_SIZES = [f"2^{k}" for k in range(0, 29, 2)]
+HEADLINE_SIZES = ["2^8", "2^12", "2^20", "2^24", "2^28"]
+HEADLINE_DTYPES = ("float32", "bfloat16")
+HEADLINE_OP_MODES = ("randn:fwd", "rsample:fwd", "log_prob:fwd+bwd", "rsample_and_log_prob:fwd+bwd")
+HOST_TIME_SIZES = ("2^8", "2^12")  # the headline's small-batch rows: host time per call
+SILICON_WORKERS = 8         # pytest-xdist workers (the GPU machines have 16 cores; the build takes some)
+GRAPHS_WORKERS = 4
+SUITE_WORKERS = 8
 NCU_SIZE = 2**24
 NCU_METRICS = ("gpu__time_duration.sum", "dram__bytes_read.sum", "dram__bytes_write.sum",
                "dram__throughput.avg.pct_of_peak_sustained_elapsed")
+NO_INTERPRET = {"TRITON_INTERPRET": None}
+PYTEST_PLUGIN = "torchdist_fast.gpu_check_pytest"
+SILICON_CASES = Path(__file__).with_name("gpu_check_silicon_cases.txt")
 
-
-@dataclass
-class Command:
-    argv: list
-    env: dict = field(default_factory=dict)  # added to the environment; None removes a variable
-    cwd: str = str(ROOT)
-
-    def shell(self) -> str:
-        sets = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items() if v is not None)
-        unsets = " ".join(f"-u {k}" for k, v in self.env.items() if v is None)
-        prefix = (f"env {unsets} " if unsets else "") + (f"{sets} " if sets else "")
-        return prefix + shlex.join(str(a) for a in self.argv)
-
-
-@dataclass
-class Stage:
-    name: str
-    help: str
-    needs_cuda: bool
-    tools: tuple  # executables that must be on PATH
-    commands: object  # (out: Path) -> list[Command]
+# The silicon step picks its cases from these tests (SILICON_CASES, chosen by
+# ``python -m torchdist_fast.gpu_estimate --recount``: every kernel, dtype, code-path constexpr
+# value and tail launch at least once, in float32 and bfloat16, with the fewest compiles) ...
+SILICON_CANDIDATES = (
+    "tests/test_philox_stream.py::test_triton_words_equal_reference",
+    "tests/test_philox_stream.py::test_triton_normals_equal_reference",
+    "tests/test_normal_ops.py::test_rsample_log_prob_forward_matches_reference",
+    "tests/test_normal_ops.py::test_log_prob_forward_matches_reference",
+    "tests/test_normal_ops.py::test_rsample_log_prob_backward_matches_reference",
+    "tests/test_normal_ops.py::test_log_prob_backward_matches_reference",
+    "tests/test_tiles.py::test_rsample_tiles_match_reference",
+    "tests/test_tiles.py::test_rsample_output_shaped_as_loc",
+    "tests/test_tiles.py::test_rsample_tiles_backward_match_reference",
+    "tests/test_tiles.py::test_log_prob_tiles_match_reference",
+    "tests/test_tiles.py::test_tiles_with_64_bit_indices",
+    "tests/test_kl.py::test_kernel_matches_reference_forward_and_backward",
+    "tests/test_kl.py::test_backward_writes_only_what_is_asked",
+    "tests/test_independent.py::test_log_prob_sum_kernel_and_reference",
+    "tests/test_independent.py::test_entropy_sum_kernel_and_reference",
+    "tests/test_independent.py::test_rsample_log_prob_sum_is_rsample_then_the_sum",
+    "tests/test_tanh_normal.py::test_kernel_matches_reference",
+    "tests/test_memory_and_launches.py::test_one_kernel_forward_one_backward",
+)
+# ... and runs these whole: the Philox words bit for bit at every position (one compiled kernel),
+# and the tests that need a GPU (the FAST_MATH accuracy contract over 2^24 draws among them)
+SILICON_ALWAYS = (
+    "tests/test_philox_stream.py::test_triton_words_equal_reference",
+    "tests/test_normal_accuracy.py::test_gpu_fast_math_meets_contract",
+    "tests/test_normal_accuracy.py::test_gpu_stream_meets_contract",
+    "tests/test_kl.py::test_cuda_kl_matches_torch_without_host_sync",
+    "tests/test_tanh_normal.py::test_cuda_matches_cpu_philox_within_the_contract",
+    "tests/test_normal_class.py::test_cuda_step_never_synchronizes",
+    "tests/test_normal_class.py::test_cuda_matches_cpu_philox_for_the_same_seed_offset",
+)
+GRAPHS_TESTS = (
+    "tests/test_cuda_graphs.py",
+    "tests/test_compiled_kernels.py::test_inductor_calls_the_kernels_from_its_generated_code",
+    "tests/test_normal_accuracy.py::test_gpu_cuda_backend_stream_meets_contract",
+    "tests/test_cuda_backend.py::test_gpu_kernels_match_reference",
+)
 
 
 def _py(*args) -> list:
     return [sys.executable, *args]
-
-
-NO_INTERPRET = {"TRITON_INTERPRET": None}
 
 
 def _arch() -> str:
@@ -95,14 +110,81 @@ def _arch() -> str:
     return "9.0"
 
 
-def _stages() -> dict:
-    def env_cmds(out):
-        cmds = [Command(_py("-m", "torchdist_fast.gpu_check", "--workload", "env", "--out", str(out)))]
-        if shutil.which("nvidia-smi"):
-            cmds.insert(0, Command(["nvidia-smi"]))
+def _xdist(workers: int, dist: str = "load") -> list:
+    """pytest-xdist arguments, or none where it is not installed (then the tests run serially)."""
+    import importlib.util
+
+    return ["-n", str(workers), "--dist", dist] if importlib.util.find_spec("xdist") else []
+
+
+def _pytest(ctx: Context, step: str, *selection, workers: int = 0, dist: str = "load", extra=()) -> Command:
+    junit = ctx.results / step / "junit.xml"
+    return Command(_py("-m", "pytest", *selection, "-v", "-p", "no:cacheprovider", "-p", PYTEST_PLUGIN,
+                       *(_xdist(workers, dist) if workers else []), *extra, f"--junitxml={junit}"), NO_INTERPRET)
+
+
+def silicon_files() -> list:
+    return list(dict.fromkeys(t.split("::")[0] for t in SILICON_CANDIDATES + SILICON_ALWAYS))
+
+
+def extension_build_dir(ctx: Context) -> Path:
+    return ctx.scratch / "cuda-extension"
+
+
+# ----------------------------------------------------------------------------- the steps
+def steps_by_name() -> dict:
+    def env_cmds(ctx):
+        return [Command(_py("-m", "torchdist_fast.gpu_check", "--workload", "env", "--results", str(ctx.results)), NO_INTERPRET)]
+
+    def build_cmds(ctx):
+        # out of tree (the .so must not land in the repository, where later runs would pick it up);
+        # kernels/check_compile.py (warnings as errors) is not run first: a host-compiler warning must not stop it
+        folder = extension_build_dir(ctx)
+        return [Command(_py("setup_cuda.py", "build_ext", "--build-lib", str(folder / "lib"),
+                            "--build-temp", str(folder / "temp")), {**NO_INTERPRET, "TORCH_CUDA_ARCH_LIST": _arch()})]
+
+    def build_env(ctx):
+        return {"TORCHDIST_FAST_CUDA_BACKEND_DIR": str(extension_build_dir(ctx) / "lib")}
+
+    def silicon_cmds(ctx):
+        return [_pytest(ctx, "silicon", *silicon_files(), workers=SILICON_WORKERS, dist="loadfile",
+                        extra=("--kernel-cases", str(SILICON_CASES),
+                               "--record-kernel-variants", str(ctx.results / "silicon" / "variants.json")))]
+
+    def headline_cmds(ctx):
+        return [Command(_py("-m", "torchdist_fast", "--devices", "cuda", "--dtypes", *HEADLINE_DTYPES,
+                            "--sizes", *HEADLINE_SIZES, "--op-modes", *HEADLINE_OP_MODES,
+                            "--out", str(ctx.results / "headline")), NO_INTERPRET)]
+
+    def graphs_cmds(ctx):
+        return [_pytest(ctx, "graphs", *GRAPHS_TESTS, workers=GRAPHS_WORKERS)]
+
+    def tests_cmds(ctx):
+        return [_pytest(ctx, "tests", "-m", "not slow", workers=SUITE_WORKERS)]
+
+    def memcheck_cmds(ctx):
+        return [Command(["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "1", "--target-processes", "all",
+                         "--log-file", str(ctx.results / "memcheck" / "memcheck.log"),
+                         *_py("-m", "torchdist_fast.gpu_check", "--workload", "ops")],
+                        {**NO_INTERPRET, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"})]
+
+    def ncu_cmds(ctx):
+        return [Command(["ncu", "--profile-from-start", "off", "--target-processes", "all", "--csv", "--page", "raw",
+                         "--print-units", "base", "--metrics", ",".join(NCU_METRICS),
+                         "--log-file", str(ctx.results / "ncu" / "ncu.csv"),
+                         *_py("-m", "torchdist_fast.gpu_check", "--workload", "ncu")], NO_INTERPRET)]
+
+    def bench_cmds(dtype, ops=()):
+        def cmds(ctx):
+            return [Command(_py("-m", "torchdist_fast", "--devices", "cuda", "--dtypes", dtype, "--sizes", *BENCH_SIZES,
+                                *(("--ops", *ops) if ops else ()), "--out", str(ctx.results / "bench")), NO_INTERPRET)]
         return cmds
 
-    def install_cmds(out):
+    def cuda_backend_cmds(ctx):
+        return [Command(_py("kernels/check_compile.py"), NO_INTERPRET, fatal=False),
+                _pytest(ctx, "cuda-backend", "tests/test_cuda_backend.py")]
+
+    def install_cmds(ctx):
         # an editable install without build isolation builds with the setuptools already installed:
         # it needs setuptools >= 70.1 (bdist_wheel built in) or setuptools plus the wheel package
         check = ("import importlib.util as u, setuptools as s; v = tuple(int(x) for x in s.__version__.split('.')[:2]); "
@@ -111,170 +193,105 @@ def _stages() -> dict:
         return [Command(_py("-c", check)),
                 Command(_py("-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-e", "."))]
 
-    def tests_cmds(out):
-        return [Command(_py("-m", "pytest", "-m", "not slow", "-q", "-p", "no:cacheprovider",
-                            f"--junitxml={out / 'tests' / 'junit.xml'}"), NO_INTERPRET)]
+    def host_cmds(ctx):
+        return [Command(_py("-m", "torchdist_fast.host_overhead", "--device", "cuda",
+                            "--json", str(ctx.results / "host" / "host_overhead.json")), NO_INTERPRET)]
 
-    def memcheck_cmds(out):
-        return [Command(["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "1", "--target-processes", "all",
-                         "--log-file", str(out / "memcheck" / "memcheck.log"),
-                         *_py("-m", "torchdist_fast.gpu_check", "--workload", "ops")],
-                        {**NO_INTERPRET, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"})]
-
-    def bench_cmds(dtype, ops=()):
-        def cmds(out):
-            return [Command(_py("-m", "torchdist_fast", "--devices", "cuda", "--dtypes", dtype, "--sizes", *BENCH_SIZES,
-                                *(("--ops", *ops) if ops else ()), "--out", str(out / "bench")), NO_INTERPRET)]
-        return cmds
-
-    def ncu_cmds(out):
-        return [Command(["ncu", "--profile-from-start", "off", "--target-processes", "all", "--csv", "--page", "raw",
-                         "--print-units", "base", "--metrics", ",".join(NCU_METRICS),
-                         "--log-file", str(out / "ncu" / "ncu.csv"),
-                         *_py("-m", "torchdist_fast.gpu_check", "--workload", "ncu")], NO_INTERPRET)]
-
-    def cuda_backend_cmds(out):
-        return [Command(_py("kernels/check_compile.py"), NO_INTERPRET),
-                Command(_py("setup_cuda.py", "build_ext", "--inplace"), {**NO_INTERPRET, "TORCH_CUDA_ARCH_LIST": _arch()}),
-                Command(_py("-m", "pytest", "tests/test_cuda_backend.py", "-q", "-p", "no:cacheprovider",
-                            f"--junitxml={out / 'cuda-backend' / 'junit.xml'}"), NO_INTERPRET)]
-
-    def graphs_cmds(out):
-        # graph-safe draws need the CUDA backend extension: built here unless cuda-backend built it
-        build = ("import subprocess, sys\nfrom torchdist_fast import cuda_backend\n"
-                 "sys.exit(0 if cuda_backend.available() else "
-                 "subprocess.call([sys.executable, 'setup_cuda.py', 'build_ext', '--inplace']))")
-        return [Command(_py("-c", build), {**NO_INTERPRET, "TORCH_CUDA_ARCH_LIST": _arch()}),
-                Command(_py("-m", "pytest", "tests/test_cuda_graphs.py", "tests/test_compiled_kernels.py", "-q", "-p",
-                            "no:cacheprovider",
-                            f"--junitxml={out / 'graphs' / 'junit.xml'}"), NO_INTERPRET),
-                Command(_py("-m", "torchdist_fast.host_overhead", "--device", "cuda",
-                            "--json", str(out / "graphs" / "host_overhead.json")), NO_INTERPRET)]
-
-    def steps_cmds(out):
-        # its own stage: 12 columns, 8 of them compiled (minutes of compile warm-up)
+    def steps_cmds(ctx):
         return [Command(_py("-m", "torchdist_fast.step_rate", "--device", "cuda",
-                            "--json", str(out / "steps" / "step_rate.json")), NO_INTERPRET)]
+                            "--json", str(ctx.results / "steps" / "step_rate.json")), NO_INTERPRET)]
 
-    def vae_cmds(out):
+    def vae_cmds(ctx):
         return [Command(_py("-m", "torchdist_fast.examples.vae", "--device", "cuda", "--batch-size", "65536",
-                            "--dataset-size", "65536", "--epochs", "200", "--no-progress", "--out", str(out / "vae")),
+                            "--dataset-size", "65536", "--epochs", "200", "--no-progress", "--out", str(ctx.results / "vae")),
                         NO_INTERPRET)]
 
-    stages = [
-        Stage("env", "nvidia-smi, versions, the CUDA device", False, (), env_cmds),
-        Stage("install", "pip install --no-deps --no-build-isolation --no-index -e . (offline)", False, (), install_cmds),
-        Stage("tests", "the test suite on CUDA, no interpreter, gpu-marked tests included", True, (), tests_cmds),
-        Stage("memcheck", "compute-sanitizer memcheck, every op, small sizes", True, ("compute-sanitizer",), memcheck_cmds),
-        Stage("bench-fp32", "the full benchmark, float32, 2^0..2^28", True, (), bench_cmds("float32")),
-        Stage("bench-bf16", "the full benchmark, bfloat16, 2^0..2^28", True, (), bench_cmds("bfloat16")),
-        Stage("bench-family", "KL, Independent log_prob, tanh-Normal rows, float32, 2^0..2^28", True, (),
-              bench_cmds("float32", ("kl", "event_log_prob", "tanh_rsample_and_log_prob"))),
-        Stage("ncu", "Nsight Compute DRAM throughput per kernel at 2^24", True, ("ncu",), ncu_cmds),
-        Stage("cuda-backend", "nvcc check, build and test the CUDA C++ backend", True, ("nvcc",), cuda_backend_cmds),
-        Stage("graphs", "CUDA graph capture tests (builds the CUDA backend if missing), host time per call", True, (),
-              graphs_cmds),
-        Stage("steps", "SAC / REINFORCE update steps per second: eager, compile, reduce-overhead", True, (), steps_cmds),
-        Stage("vae", "the VAE example, batch 65536, 200 steps", True, (), vae_cmds),
+    build = ("build",)
+    steps = [
+        Step("env", "versions (GPU, driver, torch, Triton, CUDA, nvcc), copy bandwidth of a copy kernel", 45, env_cmds,
+             needs_cuda=False),
+        Step("build", "the CUDA C++ extension (setup_cuda.py), out of tree, in the background; not fatal", 240, build_cmds,
+             tools=("nvcc",), background=True, provides_env=build_env),
+        Step("silicon", "every kernel family on the device against the CPU reference (fp32, bf16; 1-D, tile, tail; "
+             "fwd and bwd; FAST_MATH contract over 2^24 draws), pytest-xdist", 120, silicon_cmds),
+        Step("headline", "torch eager vs torch.compile vs ours (+ CUDA C++ backend): randn, rsample fwd, log_prob and "
+             "rsample_and_log_prob fwd+bwd at 2^20/2^24/2^28, host time per call at 2^8/2^12, fp32 and bf16", 240,
+             headline_cmds, waits_for=build),
+        Step("graphs", "CUDA graph capture, reduce-overhead, Inductor calling our kernels, the CUDA backend on the device",
+             105, graphs_cmds, waits_for=build),
+        Step("tests", "the whole suite on CUDA, no interpreter, gpu-marked tests included, pytest-xdist", 450, tests_cmds,
+             waits_for=build),
+        Step("memcheck", "compute-sanitizer memcheck on a small run of every op, forward and backward, 4 dtypes", 480,
+             memcheck_cmds, tools=("compute-sanitizer",)),
+        Step("ncu", "Nsight Compute: DRAM bytes, time, throughput per kernel at 2^24, the copy kernel as reference", 180,
+             ncu_cmds, tools=("ncu",)),
+        Step("bench-fp32", "the full benchmark, float32, 2^0..2^28", 450, bench_cmds("float32"), waits_for=build),
+        Step("bench-bf16", "the full benchmark, bfloat16, 2^0..2^28", 450, bench_cmds("bfloat16"), waits_for=build),
+        Step("bench-family", "KL, Independent log_prob, tanh-Normal rows against torch's compositions, float32", 420,
+             bench_cmds("float32", ("kl", "event_log_prob", "tanh_rsample_and_log_prob")), waits_for=build),
+        Step("host", "host time per call at batch 256 x 8 (python -m torchdist_fast.host_overhead)", 60, host_cmds),
+        Step("steps", "SAC / REINFORCE update steps per second: eager, compile, reduce-overhead", 240, steps_cmds,
+             waits_for=build),
+        Step("cuda-backend", "kernels/check_compile.py (not fatal) and tests/test_cuda_backend.py with the built extension",
+             180, cuda_backend_cmds, waits_for=build),
+        Step("vae", "the VAE example, batch 65536, 200 steps, both implementations", 240, vae_cmds),
+        Step("install", "pip install --no-deps --no-build-isolation --no-index -e . (offline; not needed to run)", 120,
+             install_cmds, needs_cuda=False),
     ]
-    return {s.name: s for s in stages}
+    return {s.name: s for s in steps}
 
 
-STAGES = tuple(_stages())  # names in run order
-DEFAULT_STAGES = tuple(s for s in STAGES if s != "install")
+STAGES = tuple(steps_by_name())
+FIRST_CONTACT = "first-contact"
+PLANS = {
+    FIRST_CONTACT: ("env", "build", "silicon", "headline", "graphs"),
+    "suite": ("env", "build", "tests"),
+    "memcheck": ("env", "memcheck"),
+    "ncu-backend": ("env", "build", "ncu", "cuda-backend", "host"),
+    "bench-fp32": ("env", "build", "bench-fp32"),
+    "bench-bf16": ("env", "build", "bench-bf16"),
+    "bench-family": ("env", "build", "bench-family"),
+    "steps-vae": ("env", "build", "steps", "vae"),
+}
+LATER_PLANS = tuple(p for p in PLANS if p != FIRST_CONTACT)
 
 
-def skip_reason(stage: Stage, cuda: bool) -> str | None:
-    if stage.needs_cuda and not cuda:
-        return "skipped: no CUDA"
-    missing = [t for t in stage.tools if shutil.which(t) is None]
-    if missing:
-        return f"skipped: {', '.join(missing)} not found on PATH"
-    return None
+def plan_steps(names) -> list:
+    """The steps of ``names`` in run order, plus the background steps they wait for."""
+    steps = steps_by_name()
+    wanted = set(names)
+    for n in names:
+        wanted.update(steps[n].waits_for)
+    return [s for n, s in steps.items() if n in wanted]
 
 
-# ----------------------------------------------------------------------------- running
-def _trim_log(path: Path, limit: int = MAX_LOG_BYTES) -> None:
-    """Keep the head and the tail of a log that grew past ``limit`` bytes."""
-    if not path.exists() or path.stat().st_size <= limit:
-        return
-    data = path.read_bytes()
-    head, tail = data[: limit // 8], data[-(limit - limit // 8):]
-    path.write_bytes(head + f"\n... [{len(data) - len(head) - len(tail)} bytes cut] ...\n".encode() + tail)
-
-
-def _env_for(cmd: Command) -> dict:
-    env = dict(os.environ)
-    for k, v in cmd.env.items():
-        if v is None:
-            env.pop(k, None)
-        else:
-            env[k] = v
-    return env
-
-
-def run_stage(stage: Stage, out: Path, timeout_s: float, cuda: bool) -> dict:
-    reason = skip_reason(stage, cuda)
-    cmds = stage.commands(out)
-    record = {"status": "skipped", "reason": reason, "seconds": 0.0, "commands": [c.shell() for c in cmds],
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    if reason:
-        print(f"[{stage.name}] {reason}", flush=True)
-        return record
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    (out / stage.name).mkdir(parents=True, exist_ok=True)
-    log = out / "logs" / f"{stage.name}.log"
-    t0 = time.monotonic()
-    record.update(status="ok", reason=None)
-    with open(log, "w") as f:
-        for cmd in cmds:
-            left = timeout_s - (time.monotonic() - t0)
-            print(f"[{stage.name}] $ {cmd.shell()}", flush=True)
-            f.write(f"$ {cmd.shell()}\n")
-            f.flush()
-            try:
-                res = subprocess.run(cmd.argv, cwd=cmd.cwd, env=_env_for(cmd), stdout=f, stderr=subprocess.STDOUT,
-                                     timeout=max(left, 1))
-            except subprocess.TimeoutExpired:
-                record.update(status="timeout", reason=f"stopped after {timeout_s:.0f} s in: {cmd.shell()}")
-                break
-            except OSError as exc:
-                record.update(status="failed", reason=f"{cmd.argv[0]}: {exc}")
-                break
-            if res.returncode != 0:
-                record.update(status="failed", reason=f"exit status {res.returncode}: {cmd.shell()}")
-                break
-    record["seconds"] = round(time.monotonic() - t0, 1)
-    _trim_log(log)
-    for extra in (out / stage.name).glob("*.log"):
-        _trim_log(extra)
-    print(f"[{stage.name}] {record['status']} in {record['seconds']} s" + (f": {record['reason']}" if record["reason"] else ""),
-          flush=True)
-    return record
-
-
-def _load_stages(out: Path) -> dict:
-    path = out / "stages.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    return {}
-
-
-def folder_bytes(out: Path) -> int:
-    return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+def plan_budget_s(steps) -> float:
+    return sum(s.budget_s for s in steps if not s.background)
 
 
 # ----------------------------------------------------------------------------- summary
-def _junit_counts(path: Path) -> str | None:
+def junit_counts(path: Path) -> dict | None:
     if not path.exists():
         return None
-    import xml.etree.ElementTree as ET
-
     root = ET.parse(path).getroot()
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
     tot = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-    passed = tot["tests"] - tot["failures"] - tot["errors"] - tot["skipped"]
-    return f"{passed} passed, {tot['failures']} failed, {tot['errors']} errors, {tot['skipped']} skipped"
+    tot["passed"] = tot["tests"] - tot["failures"] - tot["errors"] - tot["skipped"]
+    tot["failed"] = [f"{case.get('classname', '')}::{case.get('name', '')}" for case in root.iter("testcase")
+                     if case.find("failure") is not None or case.find("error") is not None]
+    return tot
+
+
+def _junit_lines(path: Path) -> list:
+    tot = junit_counts(path)
+    if tot is None:
+        return [f"no {path.name} (the step stopped before pytest finished: see its log)"]
+    lines = [f"{tot['passed']} passed, {tot['failures']} failed, {tot['errors']} errors, {tot['skipped']} skipped"]
+    if tot["failed"]:
+        lines += ["", "Failed:"] + [f"- `{name}`" for name in tot["failed"][:40]]
+        if len(tot["failed"]) > 40:
+            lines.append(f"- ... and {len(tot['failed']) - 40} more")
+    return lines
 
 
 def parse_ncu_csv(path: Path) -> list[dict]:
@@ -283,9 +300,8 @@ def parse_ncu_csv(path: Path) -> list[dict]:
     lines = [ln for ln in text.splitlines() if ln.startswith('"')]  # ncu prefixes its own messages with ==PROF==
     if not lines:
         return []
-    reader = csv.DictReader(lines)
     rows = []
-    for rec in reader:
+    for rec in csv.DictReader(lines):
         if not rec.get("Kernel Name") or rec.get("ID", "").strip() in ("", "ID"):
             continue
         try:
@@ -306,7 +322,7 @@ def _ncu_section(path: Path) -> list[str]:
     copy = [r for r in rows if "copy" in r["kernel"].lower()]
     copy_gbps = max((r["gbps"] for r in copy), default=None)
     out = [f"N = 2^{NCU_SIZE.bit_length() - 1}; GB/s = DRAM bytes read + written / kernel time"
-           + (f"; copy kernel: {copy_gbps:.0f} GB/s" if copy_gbps else ""), "",
+           + (f"; copy kernel: {copy_gbps:.0f} GB/s" if copy_gbps else "; no copy kernel found"), "",
            "| kernel | time | DRAM read | DRAM write | GB/s | % of DRAM peak | % of copy |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         name = r["kernel"] if len(r["kernel"]) <= 60 else r["kernel"][:57] + "..."
@@ -316,23 +332,176 @@ def _ncu_section(path: Path) -> list[str]:
     return out
 
 
-def _bench_section(out: Path) -> list[str]:
+def _bench_section(folder: Path, root: Path) -> list[str]:
     from . import bench
 
     lines = []
-    for path in sorted((out / "bench").glob("*.json")):
+    for path in sorted(folder.glob("*.json")):
         data = json.loads(path.read_text())
-        rel = path.relative_to(out).as_posix()
+        rel = path.relative_to(root).as_posix()
         for r in data["results"]:
             if r["impl"] == "torchdist_fast" and r["op"] == "rsample_and_log_prob" and r["mode"] == "fwd+bwd" and \
                     r["size"] == max(x["size"] for x in data["results"] if x["dtype"] == r["dtype"]):
                 comp = "refused" if r["ratio_vs_compile"] is None else f"{r['ratio_vs_compile']:.2f}x"
                 lines.append(f"**Headline** ({r['dtype']}, N = 2^{r['size'].bit_length() - 1}): rsample_and_log_prob "
-                             f"fwd+bwd {r['ratio_vs_eager']:.2f}x eager (target >= 4), {comp} torch.compile (target >= 1.3)"
+                             f"fwd+bwd {r['ratio_vs_eager']:.2f}x eager (target >= 5), {comp} torch.compile (target >= 1.2)"
                              + (f", {r['pct_copy_bandwidth']:.0f} % of copy bandwidth" if r["pct_copy_bandwidth"] else ""))
                 lines.append("")
         lines.append(bench.summary_markdown(data, rel))
+    return lines or ["no results JSON"]
+
+
+def _fmt_s(s) -> str:
+    if s is None:
+        return "-"
+    return f"{s * 1e6:.1f} us" if s < 1e-3 else f"{s * 1e3:.3f} ms"
+
+
+def _headline_section(folder: Path) -> list[str]:
+    """Per dtype: each op at 2^20..2^28 (median time per implementation, ours against eager and
+    torch.compile, % of the copy kernel's bandwidth), then the host time per call at 2^8 and 2^12."""
+    paths = sorted(folder.glob("results-*.json"))
+    if not paths:
+        return ["no results JSON (the step stopped before the benchmark finished: see its log)"]
+    data = json.loads(paths[-1].read_text())
+    rows = data["results"]
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    ours = [i for i in impls if i.startswith("torchdist_fast")]
+    copy_bw = data.get("copy_bandwidth_gbps", {}).get("cuda")
+    lines = [f"copy kernel: {copy_bw:.0f} GB/s (the denominator of % of copy)" if copy_bw else "copy bandwidth: not measured", ""]
+    refused = {(r["dtype"], r["op"], r["mode"], r["size"]) for r in data.get("refused", [])}
+    host_sizes = {2 ** int(s[2:]) for s in HOST_TIME_SIZES}
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        head = "| op | mode | N | eager | torch.compile | " + " | ".join(ours) + " | x eager | x compile | % of copy |"
+        lines += [f"**{dtype}**", "", head, "|" + "---|" * (head.count("|") - 1)]
+        host = []
+        for op, mode in dict.fromkeys((r["op"], r["mode"]) for r in rows):
+            for size in sorted({r["size"] for r in rows}):
+                by = {r["impl"]: r for r in rows if (r["dtype"], r["op"], r["mode"], r["size"]) == (dtype, op, mode, size)}
+                if "eager" not in by or "torchdist_fast" not in by:
+                    continue
+                o, c = by["torchdist_fast"], by.get("compile")
+                if size in host_sizes:
+                    if o.get("host_s") and by["eager"].get("host_s"):
+                        host.append(f"| {op} | {mode} | 2^{size.bit_length() - 1} | {_fmt_s(by['eager']['host_s'])} | "
+                                    f"{_fmt_s(c.get('host_s')) if c else 'refused'} | {_fmt_s(o['host_s'])} | "
+                                    f"{o['host_s'] / by['eager']['host_s']:.2f} |")
+                    continue
+                ctime = _fmt_s(c["median_s"]) if c else ("refused" if (dtype, op, mode, size) in refused else "-")
+                x_compile = "-" if o["ratio_vs_compile"] is None else f"{o['ratio_vs_compile']:.2f}"
+                pct = "-" if o.get("pct_copy_bandwidth") is None else f"{o['pct_copy_bandwidth']:.0f}%"
+                mine = " | ".join(_fmt_s(by[i]["median_s"]) if i in by else "-" for i in ours)
+                lines.append(f"| {op} | {mode} | 2^{size.bit_length() - 1} | {_fmt_s(by['eager']['median_s'])} | {ctime} | "
+                             f"{mine} | {o['ratio_vs_eager']:.2f} | {x_compile} | {pct} |")
+        lines.append("")
+        if host:
+            lines += [f"Host time per call ({dtype}; a call's return, no sync)", "",
+                      "| op | mode | N | eager | torch.compile | ours | ours / eager |", "|---|---|---|---|---|---|---|", *host, ""]
+    if refused:
+        lines.append(f"torch.compile rows refused (fallback, graph break or recompile): {len(refused)}; see the results JSON.")
     return lines
+
+
+def _env_line(env: dict) -> list[str]:
+    copy = env.get("copy") or {}
+    parts = [env.get("device") or "no CUDA device", f"driver {env.get('driver')}", f"torch {env.get('torch')}",
+             f"triton {env.get('triton')}", f"CUDA {env.get('cuda')}", f"nvcc {env.get('nvcc_version')}",
+             f"python {env.get('python')}"]
+    lines = [" — ".join([parts[0], ", ".join(parts[1:])]) + f", {env.get('date')}", ""]
+    if copy:
+        lines += [f"Copy bandwidth (device to device, read + write): copy kernel {copy['kernel_gbps']:.0f} GB/s "
+                  f"(the denominator of every % of copy), torch copy_ (cudaMemcpyAsync) {copy['memcpy_gbps']:.0f} GB/s, "
+                  f"{copy['bytes'] / 2**30:.0f} GiB buffers, best of {copy['repeats']}", ""]
+    return lines
+
+
+def _log_tail(path: Path, n: int = 20) -> list[str]:
+    if not path.exists():
+        return []
+    tail = path.read_text(errors="replace").splitlines()[-n:]
+    return ["```", *tail, "```"]
+
+
+def write_summary(results: Path) -> Path:
+    """summary.md of a results folder: the environment, every step with its status, and each
+    step's results as far as they exist."""
+    from . import gpu_estimate
+
+    results = Path(results)
+    records = json.loads((results / "stages.json").read_text()) if (results / "stages.json").exists() else {}
+    plan = records.get("_plan", {})
+    steps = step_records(records)
+    lines = [f"# GPU check: {plan.get('name', 'stages')}", ""]
+    env_path = results / "env" / "env.json"
+    if env_path.exists():
+        lines += _env_line(json.loads(env_path.read_text()))
+    names = plan.get("steps") or [s for s in STAGES if s in steps]
+    lines += ["| step | status | seconds | budget | estimate | note |", "|---|---|---|---|---|---|"]
+    for name in names:
+        s = steps.get(name, {"status": "not run"})
+        est = s.get("estimate_s")
+        lines.append(f"| {name} | {s.get('status')} | {s.get('seconds') if s.get('seconds') is not None else '-'} | "
+                     f"{s.get('budget_s', '-')} | {'-' if est is None else f'~{est:.0f}'} | "
+                     f"{(s.get('reason') or '').replace('|', '/')} |")
+    if plan.get("seconds") is not None:
+        lines.append("")
+        lines.append(f"Plan: {plan['seconds']} s in all (limit {PLAN_LIMIT_S} s). Estimates are from "
+                     f"`{gpu_estimate.DATA_PATH.name}` (counted kernel variants x measured compile time, on CPU).")
+    lines.append("")
+    sections = {
+        "build": ("The CUDA extension build", lambda: [
+            f"built out of tree: {steps['build'].get('provides', {}).get('TORCHDIST_FAST_CUDA_BACKEND_DIR')}"]),
+        "silicon": ("Silicon correctness", lambda: _junit_lines(results / "silicon" / "junit.xml")
+                    + _variant_lines(results / "silicon" / "variants.json", "silicon")),
+        "headline": ("Headline speed (median of interleaved repeats, CUDA events)", lambda: _headline_section(results / "headline")),
+        "graphs": ("CUDA graphs and Inductor", lambda: _junit_lines(results / "graphs" / "junit.xml")),
+        "tests": ("The whole suite on CUDA", lambda: _junit_lines(results / "tests" / "junit.xml")),
+        "memcheck": ("compute-sanitizer memcheck", lambda: _memcheck_lines(results / "memcheck" / "memcheck.log")),
+        "ncu": ("Nsight Compute", lambda: _ncu_section(results / "ncu" / "ncu.csv")),
+        "bench": ("Benchmark", lambda: _bench_section(results / "bench", results)),
+        "host": ("Host time per call", lambda: _json_table(results / "host" / "host_overhead.json", "host_overhead")),
+        "steps": ("Training steps per second", lambda: _json_table(results / "steps" / "step_rate.json", "step_rate")),
+        "cuda-backend": ("CUDA C++ backend", lambda: _junit_lines(results / "cuda-backend" / "junit.xml")),
+        "vae": ("VAE, batch 65536", lambda: _vae_section(results / "vae" / "vae.json")),
+    }
+    for key, (title, body) in sections.items():
+        ran = [k for k in names if (k == key or k.startswith(key + "-")) and steps.get(k, {}).get("status")
+               not in (None, "not run", "skipped", "running")]
+        if not ran:
+            continue
+        lines += [f"## {title}", ""]
+        if not (key == "build" and steps[key]["status"] != "ok"):
+            try:
+                lines += body()
+            except (OSError, ValueError, KeyError, TypeError, ET.ParseError) as exc:
+                lines.append(f"could not read the results: {type(exc).__name__}: {exc}")
+        for k in ran:
+            if steps[k]["status"] in ("failed", "timeout"):
+                lines += ["", f"{k}: {steps[k]['status']}; the end of `logs/{k}.log`:", *_log_tail(results / "logs" / f"{k}.log")]
+        lines.append("")
+    path = results / "summary.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def _variant_lines(path: Path, step: str) -> list[str]:
+    """The distinct Triton specializations the step launched on the device, beside the count its
+    estimate was made with."""
+    from . import gpu_check_pytest, gpu_estimate
+
+    if not path.exists():
+        return []
+    counted = gpu_estimate.load()["counts"].get(step, {}).get("variants")
+    found = gpu_check_pytest.distinct_variants(json.loads(path.read_text()))
+    return ["", f"Triton kernel variants launched: {found} (counted on CPU for the estimate: {counted})"]
+
+
+def _json_table(path: Path, module: str) -> list[str]:
+    import importlib
+
+    if not path.exists():
+        return [f"no {path.name}"]
+    return [importlib.import_module(f"torchdist_fast.{module}").table(json.loads(path.read_text()))]
 
 
 def _vae_section(path: Path) -> list[str]:
@@ -348,60 +517,6 @@ def _vae_section(path: Path) -> list[str]:
     return out
 
 
-def write_summary(out: Path) -> Path:
-    stages = _load_stages(out)
-    env_path = out / "env" / "env.json"
-    lines = ["# GPU check", ""]
-    if env_path.exists():
-        env = json.loads(env_path.read_text())
-        lines += [f"{env.get('device', 'no CUDA device')} — torch {env.get('torch')}, triton {env.get('triton')}, "
-                  f"CUDA {env.get('cuda')}, python {env.get('python')}, {env.get('date')}", ""]
-    lines += ["| stage | status | seconds | note |", "|---|---|---|---|"]
-    for name in STAGES:
-        if name in stages:
-            s = stages[name]
-            lines.append(f"| {name} | {s['status']} | {s['seconds']} | {s['reason'] or ''} |")
-        else:
-            lines.append(f"| {name} | not run | - | |")
-    lines.append("")
-    for title, name, body in (
-        ("Tests on CUDA", "tests", lambda: [_junit_counts(out / "tests" / "junit.xml") or "no junit.xml"]),
-        ("compute-sanitizer memcheck", "memcheck", lambda: _memcheck_lines(out / "memcheck" / "memcheck.log")),
-        ("Benchmark", "bench", lambda: _bench_section(out)),
-        ("Nsight Compute", "ncu", lambda: _ncu_section(out / "ncu" / "ncu.csv")),
-        ("CUDA C++ backend", "cuda-backend", lambda: [_junit_counts(out / "cuda-backend" / "junit.xml") or "no junit.xml"]),
-        ("CUDA graphs and per-call cost", "graphs", lambda: _graphs_section(out / "graphs")),
-        ("Training steps per second", "steps", lambda: _steps_section(out / "steps" / "step_rate.json")),
-        ("VAE, batch 65536", "vae", lambda: _vae_section(out / "vae" / "vae.json")),
-    ):
-        ran = [k for k in stages if k == name or k.startswith(name + "-")]
-        if not ran or all(stages[k]["status"] == "skipped" for k in ran):
-            continue
-        lines += [f"## {title}", ""]
-        try:
-            lines += body()
-        except (OSError, ValueError, KeyError) as exc:
-            lines.append(f"could not read the results: {type(exc).__name__}: {exc}")
-        lines.append("")
-    path = out / "summary.md"
-    path.write_text("\n".join(lines).rstrip() + "\n")
-    return path
-
-
-def _graphs_section(folder: Path) -> list[str]:
-    from . import host_overhead
-
-    path = folder / "host_overhead.json"
-    return [_junit_counts(folder / "junit.xml") or "no junit.xml", "",
-            host_overhead.table(json.loads(path.read_text())) if path.exists() else "no host_overhead.json"]
-
-
-def _steps_section(path: Path) -> list[str]:
-    from . import step_rate
-
-    return [step_rate.table(json.loads(path.read_text())) if path.exists() else "no step_rate.json"]
-
-
 def _memcheck_lines(path: Path) -> list[str]:
     if not path.exists():
         return ["no memcheck.log"]
@@ -410,10 +525,21 @@ def _memcheck_lines(path: Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- workloads (run under the tools)
-def workload_env(out: Path) -> None:
+def _tool_version(argv, pick=lambda out: out.strip().splitlines()[-1] if out.strip() else None):
+    try:
+        res = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return pick(res.stdout) if res.returncode == 0 else None
+
+
+def workload_env(results: Path) -> dict:
+    """env/env.json: versions, the device, and (on CUDA) the copy bandwidth of a copy kernel."""
     import platform
 
     import torch
+
+    from . import bench
 
     try:
         import triton
@@ -426,10 +552,20 @@ def workload_env(out: Path) -> None:
            "python": platform.python_version(), "torch": torch.__version__, "triton": triton_version,
            "cuda": torch.version.cuda, "device": torch.cuda.get_device_name() if cuda else None,
            "capability": list(torch.cuda.get_device_capability()) if cuda else None,
-           "nvcc": shutil.which("nvcc"), "ncu": shutil.which("ncu"), "compute-sanitizer": shutil.which("compute-sanitizer")}
-    (out / "env").mkdir(parents=True, exist_ok=True)
-    (out / "env" / "env.json").write_text(json.dumps(env, indent=1))
+           "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if cuda else None,
+           "driver": _tool_version(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"]),
+           "nvcc": shutil.which("nvcc"),
+           "nvcc_version": _tool_version(["nvcc", "--version"]),
+           "ncu": shutil.which("ncu"), "compute-sanitizer": shutil.which("compute-sanitizer"),
+           "cpu": bench.cpu_name(), "cpu_count": os.cpu_count()}
+    if cuda:
+        from . import device_copy
+
+        env["copy"] = device_copy.bandwidth("cuda")
+    (results / "env").mkdir(parents=True, exist_ok=True)
+    (results / "env" / "env.json").write_text(json.dumps(env, indent=1))
     print(json.dumps(env, indent=1))
+    return env
 
 
 def workload_ops(device: str = "cuda") -> int:
@@ -480,11 +616,15 @@ def workload_ops(device: str = "cuda") -> int:
 
 
 def workload_ncu(device: str = "cuda", n: int = NCU_SIZE) -> None:
-    """Each op forward and backward at n elements (fp32 and bf16), and a device copy for scale.
-    The kernels are compiled in a warm-up; only the second pass is profiled (ncu --profile-from-start off)."""
+    """Each op forward and backward at n elements (fp32 and bf16), and the copy kernel of
+    ``device_copy`` as the reference (a kernel, which ncu lists; ``Tensor.copy_`` is a memcpy it
+    does not). The kernels are compiled in a warm-up; only the second pass is profiled
+    (ncu --profile-from-start off)."""
     import torch
 
     import torchdist_fast
+
+    from . import device_copy
 
     inputs = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -495,7 +635,7 @@ def workload_ncu(device: str = "cuda", n: int = NCU_SIZE) -> None:
 
     def one_pass():
         for loc, scale, value, g, dst in inputs:
-            dst.copy_(value)  # the reference: a device copy (its kernel name holds "copy")
+            device_copy.copy(value, dst)
             torchdist_fast.randn(n, dtype=loc.dtype, device=device)
             d = torchdist_fast.Normal(loc, scale)
             torch.autograd.grad(d.rsample(), (loc, scale), g)
@@ -514,15 +654,49 @@ def workload_ncu(device: str = "cuda", n: int = NCU_SIZE) -> None:
 
 
 # ----------------------------------------------------------------------------- CLI
+def describe(plan: str, steps: list, cuda: bool) -> list[str]:
+    """The dry run of one plan: its command, each step's budget and estimate, its commands."""
+    from . import gpu_estimate
+
+    estimates = gpu_estimate.estimates()
+    cmd = "python -m torchdist_fast.gpu_check" + ("" if plan == FIRST_CONTACT else f" --plan {plan}") + " --out DIR"
+    budget = plan_budget_s(steps)
+    est = sum(estimates[s.name][0] for s in steps if not s.background and s.name in estimates)
+    lines = [f"$ {cmd}", f"  {'step':13s} {'budget':>7s} {'estimate':>9s}  what"]
+    ctx = Context(Path("RESULTS"), Path("SCRATCH"))
+    for s in steps:
+        e, basis = estimates.get(s.name, (None, "not estimated"))
+        flag = "  ** estimate over budget **" if e is not None and e > s.budget_s else ""
+        lines.append(f"  {s.name:13s} {s.budget_s:6.0f}s {'-' if e is None else f'~{e:.0f}s':>9s}  "
+                     f"{'(background) ' if s.background else ''}{s.help}{flag}")
+        lines.append(f"  {'':13s} {'':7s} {'':9s}  estimate: {basis}")
+        reason = skip_reason(s, cuda)
+        for c in s.commands(ctx):
+            lines.append(f"      $ {c.shell()}" + ("" if c.fatal else "   (not fatal)"))
+        if reason:
+            lines.append(f"      (here it would be {reason})")
+    lines.append(f"  total: budget {budget:.0f} s (limit {PLAN_LIMIT_S} s), estimate ~{est:.0f} s "
+                 f"({est / 60:.1f} min; an estimate, not a measurement)")
+    return lines
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m torchdist_fast.gpu_check", description=__doc__.split("\n\n")[0],
-                                epilog="stages: " + "; ".join(f"{s.name}: {s.help}" for s in _stages().values()))
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="plans: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in PLANS.items())
+                                + "\nstages: " + "; ".join(f"{s.name}: {s.help}" for s in steps_by_name().values()))
+    p.add_argument("--plan", choices=list(PLANS), default=None, help=f"the plan to run (default {FIRST_CONTACT})")
     p.add_argument("--stage", action="append", choices=list(STAGES) + ["summary"],
-                   help="run this stage (repeat for several; default: every stage but install). "
-                        "'summary' only rewrites summary.md")
-    p.add_argument("--out", help="output folder (default benchmarks/results/gpu-<UTC time>/); reuse it to add stages")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (commands, and what would be skipped here), run nothing")
-    p.add_argument("--stage-timeout", type=float, default=STAGE_TIMEOUT_S, help=f"seconds per stage (default {STAGE_TIMEOUT_S})")
+                   help="run these stages instead of a plan (repeat for several; the background build is added when "
+                        "a stage uses it). 'summary' only rewrites summary.md of --results")
+    p.add_argument("--out", help="where the archive <plan>.tar.gz and summary.md go (what comes back from the GPU "
+                                 "machine; default benchmarks/results/gpu-<UTC time>/)")
+    p.add_argument("--results", help="the results folder (default: a new temporary folder; builds go beside it); "
+                                     "reuse one to add stages")
+    p.add_argument("--dry-run", action="store_true", help="print every plan with its commands and estimates, run nothing")
+    p.add_argument("--deadline", type=float, default=PLAN_DEADLINE_S,
+                   help=f"seconds after which the run stops whatever step is running (default {PLAN_DEADLINE_S}: the "
+                        f"last archive is written inside a {PLAN_LIMIT_S // 60}-minute command; 0: no deadline)")
     p.add_argument("--workload", choices=("env", "ops", "ncu"), help=argparse.SUPPRESS)  # run under the tools
     return p
 
@@ -530,55 +704,74 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.stage_timeout <= 0:
-        parser.error("--stage-timeout must be positive")
+    if args.plan and args.stage:
+        parser.error("--plan and --stage exclude each other")
+    if args.deadline < 0:
+        parser.error("--deadline must be positive (or 0: none)")
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
         "gpu-" + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S"))
-    if out.exists() and not out.is_dir():
-        parser.error(f"--out {str(out)!r} exists and is not a folder")
+    for flag, path in (("--out", out), ("--results", Path(args.results) if args.results else None)):
+        if path is not None and path.exists() and not path.is_dir():
+            parser.error(f"{flag} {str(path)!r} exists and is not a folder")
 
     if args.workload:
+        results = Path(args.results or ".")
         if args.workload == "env":
-            workload_env(out)
+            workload_env(results)
         elif args.workload == "ops":
             print(f"{workload_ops()} op calls")
         else:
             workload_ncu()
         return 0
 
+    if args.stage == ["summary"]:
+        if not args.results:
+            parser.error("--stage summary needs --results (the folder to summarize)")
+        path = write_summary(Path(args.results))
+        if args.out:
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, out / "summary.md")
+        print(f"wrote {path}")
+        return 0
+    if args.stage and "summary" in args.stage:
+        parser.error("'summary' runs alone")
+
     import torch
 
     cuda = torch.cuda.is_available()
-    selected = args.stage or list(DEFAULT_STAGES)
-    only_summary = selected == ["summary"]
-    stages = _stages()
-    names = [s for s in STAGES if s in selected]
     if args.dry_run:
-        print(f"plan: {len(names)} stage(s) into {out}/ (each stopped after {args.stage_timeout:.0f} s), then summary.md")
         print(f"CUDA here: {'yes, ' + torch.cuda.get_device_name() if cuda else 'no'}")
-        for name in names:
-            st = stages[name]
-            reason = skip_reason(st, cuda)
-            print(f"\n[{name}] {st.help}" + (f"  -- would be {reason}" if reason else ""))
-            for cmd in st.commands(out):
-                print(f"  $ {cmd.shell()}")
+        if args.stage:
+            print("\nstages " + ", ".join(args.stage) + ":")
+            print("\n".join(describe("stages", plan_steps(args.stage), cuda)))
+            return 0
+        print(f"\n1. the first-contact plan (the default): one command, at most {PLAN_LIMIT_S // 60} minutes, "
+              "one archive")
+        print("\n".join(describe(FIRST_CONTACT, plan_steps(PLANS[FIRST_CONTACT]), cuda)))
+        print("\n2. the later plans: one command each, in later GPU windows")
+        for name in LATER_PLANS:
+            print(f"\n[{name}]")
+            print("\n".join(describe(name, plan_steps(PLANS[name]), cuda)))
         return 0
 
-    out.mkdir(parents=True, exist_ok=True)
-    record = _load_stages(out)
-    if not only_summary:
-        if not cuda:
-            print("no CUDA device here: the stages that need one are skipped", flush=True)
-        for name in names:
-            record[name] = run_stage(stages[name], out, args.stage_timeout, cuda)
-            (out / "stages.json").write_text(json.dumps(record, indent=1))
-    summary = write_summary(out)
-    size = folder_bytes(out)
-    print(f"wrote {summary} ({size / 2**20:.1f} MiB in {out})")
-    if size > MAX_FOLDER_BYTES:
-        print(f"warning: {out} holds {size / 2**20:.1f} MiB, more than {MAX_FOLDER_BYTES / 2**20:.0f} MiB", file=sys.stderr)
-    failed = [n for n in names if record.get(n, {}).get("status") in ("failed", "timeout")]
-    skipped = [n for n in names if record.get(n, {}).get("status") == "skipped"]
+    from . import gpu_estimate
+
+    name = "stages" if args.stage else (args.plan or FIRST_CONTACT)
+    steps = plan_steps(args.stage or PLANS[name])
+    base = Path(args.results) if args.results else Path(tempfile.mkdtemp(prefix=f"gpu_check-{name}-"))
+    results = base if args.results else base / "results"
+    scratch = results.parent / (f"{results.name}-scratch" if args.results else "scratch")
+    print(f"{name}: {', '.join(s.name for s in steps)}; results in {results}, builds in {scratch}, archive "
+          f"{out / (name + '.tar.gz')}", flush=True)
+    if not cuda:
+        print("no CUDA device here: the steps that need one are skipped", flush=True)
+    run = PlanRun(name, steps, results, scratch, out, cuda, deadline_s=args.deadline or None, summary=write_summary,
+                  estimates={k: round(v[0]) for k, v in gpu_estimate.estimates().items()})
+    records = step_records(run.run())
+    print(f"wrote {run.archive} ({run.packed.get('bytes', 0) / 2**20:.2f} MiB"
+          + (f"; left out: {', '.join(run.packed['left_out'])}" if run.packed.get("left_out") else "") + f") and {out / 'summary.md'}")
+    failed = [s.name for s in steps if records.get(s.name, {}).get("status") in ("failed", "timeout")]
+    skipped = [s.name for s in steps if records.get(s.name, {}).get("status") == "skipped"]
     if skipped:
         print(f"skipped: {', '.join(skipped)}")
     if failed:
