@@ -18,6 +18,8 @@ import importlib
 import torch
 
 EXTENSION = "torchdist_fast._cuda_backend"
+# the op families (``ops/``) it has kernels for; the others raise under gpu_kernel("cuda") (``ops.launch``)
+FAMILIES = ("random_draws", "normal")
 _MASK64 = (1 << 64) - 1
 _state: dict = {"tried": False, "ok": False, "reason": ""}
 
