@@ -221,9 +221,11 @@ def log_prob_formula(value, loc, scale):
     """THE log-density of Normal(loc, scale) at ``value``, elementwise, in the inputs' (compute) dtype:
     ``y = (value - loc) / scale; -y*y/2 - log(scale) - log(sqrt(2 pi))``. It never forms ``scale**2``
     or ``(value - loc)**2``. Every log_prob of the package is this formula (the kernels write it
-    in ``triton_kernels/normal_log_prob.py``, ``normal_event_sum.py``)."""
+    in ``triton_kernels/normal_log_prob.py``, ``normal_event_sum.py``). ``-0.5 * (y * y)``: under
+    autograd (the CPU "stable" log_prob of ``torchdist_fast.Normal``) only ``y`` is saved, where
+    ``(-0.5 * y) * y`` would also save the scaled copy (one tensor of the output's size)."""
     y = (value - loc) / scale
-    return -0.5 * y * y - torch.log(scale) - LOG_SQRT_2PI
+    return -0.5 * (y * y) - torch.log(scale) - LOG_SQRT_2PI
 
 
 def log_prob_of_noise(eps, scale):

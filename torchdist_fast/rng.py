@@ -23,7 +23,7 @@ Through the ops the pair travels as an int64 tensor ``[seed, offset]`` (64-bit p
 the ops that use it are pure functions of their inputs and can be recomputed (backward,
 checkpoint): on the CPU, or, for CUDA ops with the CUDA backend extension built, on the device,
 written there by a graph-safe draw and read from memory by the kernels (``take_seed_offset``,
-``kernel_position``). The eager fast path (``eager.py``) passes the two ints straight to the
+``kernel_position``). The eager fast path (``ops/eager_path.py``) passes the two ints straight to the
 kernels instead, except under CUDA graph capture.
 
 Per-rank seeds (the end of this module; ``torchdist_fast.streams`` is the same functions under
