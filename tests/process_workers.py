@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import torchdist_fast
-from torchdist_fast.streams import rank_seed
+from torchdist_fast.rng import rank_seed
 
 
 def draws() -> dict:

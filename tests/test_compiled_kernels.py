@@ -1,6 +1,6 @@
 """Under torch.compile the ops' Triton launches are graph nodes (triton_kernel_wrapper_functional),
 which Inductor calls from its generated code: no Python op of ours runs per call but the draw of
-the stream position (ops.expose_kernels, README "torch.compile").
+the stream position (ops.inductor.expose_kernels, README "torch.compile").
 
 On CPU the launches run through the interpreter with ``backend="aot_eager"`` (the graph Inductor
 gets, run op by op; Inductor itself cannot build user Triton kernels for the CPU), under
@@ -19,6 +19,7 @@ from torch._functorch.aot_autograd import make_boxed_func
 
 import torchdist_fast as tdf
 from torchdist_fast import ops
+from torchdist_fast.ops import inductor
 
 
 HOP = "triton_kernel_wrapper_functional"
@@ -243,8 +244,8 @@ def test_every_op_keys_the_compile_cache_on_the_kernels_it_may_launch():
     from torchdist_fast import triton_kernels
 
     modules = {info.name for info in pkgutil.iter_modules(triton_kernels.__path__)} - {"layout"}
-    assert set(ops._ALL_MODULES) == modules
-    assert {op._name for op in ops.EXPOSED_OPS} == set(ops._KERNEL_MODULES)
+    assert set().union(*inductor.KERNEL_MODULES.values()) == modules
+    assert {op._name for op in ops.EXPOSED_OPS} == set(inductor.KERNEL_MODULES)
     launched = {op._name: {k.fn.__name__ for k in get_triton_kernels_for_op(f"torchdist_fast::{op._name}")}
                 for op in ops.EXPOSED_OPS}
     assert "_normal_rsample_fwd_2d_kernel" in launched["normal_rsample_log_prob"]
@@ -278,7 +279,7 @@ def test_cuda_ops_become_launches_where_the_position_is_on_the_device(monkeypatc
     assert _ours(graph) == [] and _hops(graph) == 2, graph.code
     graph = _functional_cuda_graph("cpu")
     assert _ours(graph) == ["torchdist_fast.normal_rsample_log_prob.default"] and _hops(graph) == 1, graph.code
-    monkeypatch.setattr(ops, "get_gpu_kernel", lambda: "cuda")
+    monkeypatch.setattr(inductor, "get_gpu_kernel", lambda: "cuda")
     graph = _functional_cuda_graph("cuda")
     assert _hops(graph) == 0 and len(_ours(graph)) == 2, graph.code
 

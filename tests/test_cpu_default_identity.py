@@ -11,7 +11,7 @@ import torch.nn as nn
 import torchdist_fast
 from normal_modes import default_validation  # noqa: F401  (autouse fixture)
 from torchdist_fast import Normal
-from torchdist_fast.distribution import _TorchNormal as TorchNormal
+from torchdist_fast.routing import TorchNormal
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 

@@ -603,3 +603,28 @@ def test_an_out_of_tree_build_is_found_by_its_folder(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("False |") and f"{cuda_backend.BUILD_DIR_ENV}={empty} holds no built" in res.stdout
+
+
+def test_gpu_kernel_cuda_runs_every_family_on_the_cuda_backend_or_says_it_cannot(monkeypatch):
+    """One backend choice for every op (ops/launch.py): under gpu_kernel("cuda") the families the
+    CUDA C++ backend implements get its launchers; the others raise NotImplementedError (a
+    RuntimeError) that names the family, never Triton kernels mixed in unasked."""
+    import torchdist_fast
+    from torchdist_fast import ops
+
+    monkeypatch.setattr(cuda_backend, "available", lambda: True)
+    cuda = torch.device("cuda")
+    families = {"random_draws": ops.random_draws.RANDOM_DRAWS, "normal": ops.normal.NORMAL, "kl": ops.kl.KL,
+                "event_sums": ops.event_sums.EVENT_SUMS, "tanh_normal": ops.tanh_normal.TANH_NORMAL}
+    with torchdist_fast.gpu_kernel("cuda"):
+        for name, family in families.items():
+            if name in cuda_backend.FAMILIES:
+                assert family.launchers(cuda) is cuda_backend
+            else:
+                with pytest.raises(NotImplementedError, match=f"no kernels for the {name} ops"):
+                    family.launchers(cuda)
+    assert set(cuda_backend.FAMILIES) < set(families)
+    if os.environ.get("TRITON_INTERPRET") == "1":  # every family has Triton launchers
+        with torchdist_fast.cpu_kernel("triton"):
+            for family in families.values():
+                assert family.launchers(torch.device("cpu")) is not None

@@ -5,7 +5,7 @@ import torch
 from helpers import assert_close
 
 import torchdist_fast
-from torchdist_fast import eager
+from torchdist_fast.ops import eager_path as eager
 
 METHODS = ["rsample", "sample", "rsample_and_log_prob"]
 SHAPES = [((3, 8), (3, 8), ()), ((5,), (), (2, 3)), ((4, 1), (1, 6), (3,))]

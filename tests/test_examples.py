@@ -26,7 +26,7 @@ import torch
 
 from torchdist_fast import rng
 from torchdist_fast.examples import distributed, reinforce, sac, vae
-from torchdist_fast.streams import GOLDEN_GAMMA, mix64, rank_generator, rank_seed
+from torchdist_fast.rng import GOLDEN_GAMMA, mix64, rank_generator, rank_seed
 
 CPU = torch.device("cpu")
 SEEDS = range(6)

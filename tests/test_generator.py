@@ -4,7 +4,8 @@ import torch
 
 import torchdist_fast
 from torchdist_fast import reference, rng
-from torchdist_fast.functional import counters_for, draw_seed_offset
+from torchdist_fast.functional import draw_seed_offset
+from torchdist_fast.rng import counters_for
 
 
 def test_manual_seed_reproduces():

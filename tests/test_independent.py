@@ -6,14 +6,13 @@ import torch
 from torch.distributions import Independent
 
 import torchdist_fast
-import torchdist_fast.distribution as tdf_dist
 from helpers import TOLERANCES, assert_close
 from normal_modes import MODES, default_validation  # noqa: F401  (autouse fixture)
 from test_memory_and_launches import saved_bytes_beyond_inputs
 from torchdist_fast import IndependentNormal, Normal
 
 OPS = torch.ops.torchdist_fast
-TorchNormal = tdf_dist._TorchNormal
+TorchNormal = torchdist_fast.routing.TorchNormal
 
 # (value shape, loc shape, scale shape, event_dims): broadcasts, k = 0, 1, 2, all dims, event
 # sizes that are not powers of two and longer than one chunk (300 > 256), many rows
@@ -202,7 +201,7 @@ def test_patch_routes_torchs_independent():
             laplace_inside = laplace.log_prob(value)
     assert torch.equal(inside, ours) and not torch.equal(inside, outside)
     assert torch.equal(laplace_inside, laplace.log_prob(value))
-    assert Independent.__dict__["log_prob"] is torchdist_fast.independent._TORCH_INDEPENDENT["log_prob"]
+    assert Independent.__dict__["log_prob"] is torchdist_fast.independent.TORCH_INDEPENDENT["log_prob"]
 
 
 # ---------------------------------------------------------------- one kernel for rsample + summed log_prob
@@ -251,7 +250,8 @@ def test_rsample_log_prob_sum_opcheck_and_memory(cpu_kernel):
 def test_independent_rsample_and_log_prob_uses_one_fused_call(eager_path, monkeypatch):
     """One call of the fused implementation (normal_rsample_log_prob_sum's), through the eager
     fast path or through the op."""
-    from torchdist_fast import eager, ops
+    from torchdist_fast.ops import eager_path as eager
+    from torchdist_fast.ops import tanh_normal as ops
 
     calls = []
     real = ops.event_rsample_impl

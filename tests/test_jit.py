@@ -12,7 +12,7 @@ import torch
 
 import torchdist_fast
 from normal_modes import MODES, sampling_mode
-from torchdist_fast.distribution import _TorchNormal as TorchNormal
+from torchdist_fast.routing import TorchNormal
 
 # tracing random code warns by design (the trace checker cannot compare random outputs)
 pytestmark = [

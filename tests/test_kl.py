@@ -8,14 +8,14 @@ import torch
 from torch.distributions import kl_divergence
 
 import torchdist_fast
-import torchdist_fast.distribution as tdf_dist
 from helpers import TOLERANCES, assert_close
 from test_memory_and_launches import saved_bytes_beyond_inputs
 from torchdist_fast import Normal
-from torchdist_fast.kl import reference_normal_kl, reference_normal_kl_backward
+from torchdist_fast.reference import normal_kl as reference_normal_kl
+from torchdist_fast.reference import normal_kl_backward as reference_normal_kl_backward
 
 OPS = torch.ops.torchdist_fast
-TorchNormal = tdf_dist._TorchNormal
+TorchNormal = torchdist_fast.routing.TorchNormal
 
 # q's parameters: absent (the standard normal), a zero-dim scalar, a row broadcast, full size;
 # p's: full size or a row (then q full) so that every operand kind meets every other

@@ -12,7 +12,7 @@ import torch
 from normal_modes import default_validation  # noqa: F401  (autouse fixture)
 from normal_modes import MODES, sampling_mode, tolerance
 from torchdist_fast import Normal
-from torchdist_fast.distribution import _TorchNormal as TorchNormal
+from torchdist_fast.routing import TorchNormal
 
 NAN, INF = math.nan, math.inf
 

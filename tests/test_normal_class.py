@@ -30,7 +30,7 @@ from normal_modes import default_validation  # noqa: F401  (autouse fixture)
 from normal_modes import MODES, OPS_MODES, sampling_mode, tolerance
 from torchdist_fast import Normal
 
-TorchNormal = tdf_dist._TorchNormal
+TorchNormal = torchdist_fast.routing.TorchNormal
 DTYPES = [t[0] for t in TOLERANCES]
 TOL = {dtype: (atol, rtol) for dtype, atol, rtol in TOLERANCES}
 
@@ -557,7 +557,7 @@ def test_cuda_step_never_synchronizes():
 @pytest.mark.gpu
 def test_cuda_matches_cpu_philox_for_the_same_seed_offset(monkeypatch):
     seed_offset = torch.tensor([123456789, 8], dtype=torch.int64)
-    monkeypatch.setattr(tdf_dist, "draw_seed_offset", lambda device, numel, generator=None: seed_offset)
+    monkeypatch.setattr(torchdist_fast.normal_methods, "draw_seed_offset", lambda device, numel, generator=None: seed_offset)
     loc, scale = params((5, 7))
     z_gpu, lp_gpu = Normal(loc.cuda(), scale.cuda()).rsample_and_log_prob((3,))
     with sampling_mode("philox"):

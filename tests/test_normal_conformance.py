@@ -19,7 +19,7 @@ from normal_modes import default_validation  # noqa: F401  (autouse fixture)
 import torchdist_fast
 from normal_modes import MODES, OPS_MODES, sampling_mode
 from torchdist_fast import Normal
-from torchdist_fast.distribution import _TorchNormal as TorchNormal
+from torchdist_fast.routing import TorchNormal
 
 
 @pytest.fixture(params=MODES)

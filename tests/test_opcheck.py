@@ -62,16 +62,16 @@ def _family_cases():
 @pytest.mark.parametrize("case", range(len(_cases()) + len(_family_cases())))
 def test_opcheck_with_the_kernels_in_compiled_graphs(case, monkeypatch):
     """opcheck, and its AOT-dispatch check with static shapes, with each op replaced by its kernel
-    launches (ops.expose_kernels: what CUDA ops get under torch.compile)."""
+    launches (ops.inductor.expose_kernels: what CUDA ops get under torch.compile)."""
     from torch.testing._internal.optests import aot_autograd_check
 
-    from torchdist_fast import ops
+    from torchdist_fast.ops import inductor
 
     replaced = []
-    traceable = ops.kernels_traceable
-    monkeypatch.setattr(ops, "kernels_traceable", lambda *a: replaced.append(traceable(*a)) or replaced[-1])
+    traceable = inductor.kernels_traceable
+    monkeypatch.setattr(inductor, "kernels_traceable", lambda *a: replaced.append(traceable(*a)) or replaced[-1])
     op, args = (_cases() + _family_cases())[case]
-    with torchdist_fast.cpu_kernel("triton"), ops.kernels_in_cpu_graphs():
+    with torchdist_fast.cpu_kernel("triton"), inductor.kernels_in_cpu_graphs():
         torch.library.opcheck(op, args)
         grads = any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)
         aot_autograd_check(op, args, {}, dynamic=False, check_gradients=grads)

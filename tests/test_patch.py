@@ -17,10 +17,11 @@ from torch.distributions import (
 
 import torchdist_fast
 import torchdist_fast.distribution as tdf_dist
+from torchdist_fast import normal_methods
 from normal_modes import default_validation  # noqa: F401  (autouse fixture)
 from normal_modes import OPS_MODES, sampling_mode
 
-TorchNormal = tdf_dist._TorchNormal
+TorchNormal = torchdist_fast.routing.TorchNormal
 ROUTED = ("rsample", "sample", "log_prob", "rsample_and_log_prob", "sample_and_log_prob")
 
 
@@ -169,8 +170,8 @@ def test_restores_on_exception_nests_decorates_and_threads():
     assert class_snapshot() == before
     with torchdist_fast.patch():
         with torchdist_fast.patch():
-            assert TorchNormal.rsample is tdf_dist._rsample
-        assert TorchNormal.rsample is tdf_dist._rsample  # the inner exit keeps the outer scope
+            assert TorchNormal.rsample is normal_methods.rsample
+        assert TorchNormal.rsample is normal_methods.rsample  # the inner exit keeps the outer scope
     assert class_snapshot() == before
 
     @torchdist_fast.patch()

@@ -9,15 +9,16 @@ from torch.distributions import Independent, TransformedDistribution
 from torch.distributions.transforms import AffineTransform, TanhTransform
 
 import torchdist_fast
-import torchdist_fast.distribution as tdf_dist
 from helpers import TOLERANCES, assert_close
 from normal_modes import default_validation  # noqa: F401  (autouse fixture)
 from test_memory_and_launches import saved_bytes_beyond_inputs
 from torchdist_fast import TanhNormal, rng
-from torchdist_fast.tanh_normal import noise, reference_tanh_normal, reference_tanh_normal_backward
+from torchdist_fast.ops.tanh_normal import noise
+from torchdist_fast.reference import tanh_normal as reference_tanh_normal
+from torchdist_fast.reference import tanh_normal_backward as reference_tanh_normal_backward
 
 OPS = torch.ops.torchdist_fast
-TorchNormal = tdf_dist._TorchNormal
+TorchNormal = torchdist_fast.routing.TorchNormal
 SO = rng.pack_seed_offset(0x0123_4567_89AB_CDEF, 40)
 
 # (loc shape, scale shape, sample_shape, event_dims, low, high)

@@ -1,7 +1,7 @@
 """torchdist_fast: fused Philox / Normal kernels behind a drop-in torch.distributions.Normal."""
 from . import ops  # noqa: F401  (registers torch.ops.torchdist_fast.*)
-from . import streams  # noqa: F401  (per-rank seeds: torchdist_fast.streams.rank_seed)
-from .backend import (
+from . import rng, streams  # noqa: F401  (per-rank seeds: torchdist_fast.rng.rank_seed, also as torchdist_fast.streams)
+from .settings import (
     cpu_kernel,
     cpu_log_prob,
     cpu_sampling,
@@ -15,11 +15,12 @@ from .backend import (
     set_cpu_sampling,
     set_gpu_kernel,
 )
-from .distribution import Normal, patch
+from .distribution import Normal
 from . import kl  # noqa: F401,E402  (registers kl_divergence for torchdist_fast.Normal)
 from .independent import IndependentNormal
 from .tanh_normal import TanhNormal
 from .functional import checkpoint_context, randn
+from .patching import patch
 
 __version__ = "0.1.0"
 

@@ -29,6 +29,8 @@ import torch
 
 EXTENSION = "torchdist_fast._cuda_backend"
 BUILD_DIR_ENV = "TORCHDIST_FAST_CUDA_BACKEND_DIR"
+# the op families (``ops/``) it has kernels for; the others raise under gpu_kernel("cuda") (``ops.launch``)
+FAMILIES = ("random_draws", "normal")
 _MASK64 = (1 << 64) - 1
 _state: dict = {"tried": False, "ok": False, "reason": ""}
 

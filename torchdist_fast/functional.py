@@ -8,12 +8,8 @@ import numbers
 import torch
 
 from . import ops  # noqa: F401  (registers torch.ops.torchdist_fast)
-from .rng import check_generator
-
-
-def counters_for(numel) -> int:
-    """Philox counters a draw of ``numel`` normals consumes: 4 normals per counter."""
-    return (numel + 3) // 4
+from .reference import FLOAT_DTYPES
+from .rng import check_generator, counters_for
 
 
 def draw_seed_offset(device: torch.device, numel, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -76,7 +72,7 @@ def randn(*size, generator: torch.Generator | None = None, dtype: torch.dtype | 
     dtype = dtype if dtype is not None else torch.get_default_dtype()
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"randn(): argument 'dtype' must be torch.dtype, not {type(dtype).__name__}")
-    if dtype not in ops.FLOAT_DTYPES:
+    if dtype not in FLOAT_DTYPES:
         raise RuntimeError(f"torchdist_fast.randn: unsupported dtype {dtype}; use float32, float64, float16 or bfloat16")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"randn(): argument 'generator' must be torch.Generator, not {type(generator).__name__}")

@@ -145,7 +145,7 @@ def measure(device: str = "cpu", shape=(256, 8), calls: int = 2000, repeats: int
     """Rows {op: {column: seconds per call, best of ``repeats`` interleaved rounds}} plus the environment."""
     import torch
 
-    from .backend import cpu_kernel, cpu_sampling
+    from .settings import cpu_kernel, cpu_sampling
 
     if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the CPU run needs TRITON_INTERPRET=1 before Triton is imported "

@@ -6,7 +6,7 @@ Reached as ``torchdist_fast.Normal(loc, scale).to_event(k)``, as ``IndependentNo
 with any ``torch.distributions.Normal`` base, or, inside ``torchdist_fast.patch()``, through torch's
 own ``Independent`` with a Normal base (its ``log_prob`` and ``entropy`` are routed).
 
-Where the sums run, by the rule of ``Normal.log_prob`` (``distribution._stable_log_prob_on``):
+Where the sums run, by the rule of ``Normal.log_prob`` (``routing.stable_log_prob_on``):
 CUDA tensors (and CPU under ``cpu_kernel("triton")``) in the Triton kernel; CPU in the Philox mode
 or under ``cpu_log_prob("stable")`` in the reference op; CPU by default torch's own
 ``Independent`` code (the base's ``log_prob``, then a sum): bit for bit.
@@ -16,55 +16,50 @@ from __future__ import annotations
 import torch
 from torch.distributions import Independent
 
-from . import eager, ops  # noqa: F401  (ops: registers the event-sum ops)
-from .distribution import (
-    _checked_numel,
-    _log_prob_args,
-    _rsample,
-    _sample,
-    _sample_params,
-    _stable_log_prob_on,
-    _TorchNormal,
-)
+from . import normal_methods
 from .functional import draw_seed_offset
+from .ops import eager_path
+from .ops import tanh_normal as tanh_normal_ops
+from .reference import FLOAT_DTYPES
+from .routing import TorchNormal, checked_numel, log_prob_args, sample_params, stable_log_prob_on
 
 __all__ = ["IndependentNormal"]
 
 # torch's own methods, captured at import: the fallbacks, and what patch() restores
-_TORCH_INDEPENDENT = {name: Independent.__dict__[name] for name in ("log_prob", "entropy")}
+TORCH_INDEPENDENT = {name: Independent.__dict__[name] for name in ("log_prob", "entropy")}
 
 
 def _normal_base(d):
     base = d.base_dist
-    return base if isinstance(base, _TorchNormal) else None
+    return base if isinstance(base, TorchNormal) else None
 
 
 def _log_prob_sum(d, value, validate: bool = True):
     base = _normal_base(d)
-    args = None if base is None else _log_prob_args(base, value)
+    args = None if base is None else log_prob_args(base, value)
     if args is None:
-        return _TORCH_INDEPENDENT["log_prob"](d, value)
+        return TORCH_INDEPENDENT["log_prob"](d, value)
     if validate and base._validate_args:
         base._validate_sample(value)  # what base.log_prob(value) checks, on the same code path
     return torch.ops.torchdist_fast.normal_log_prob_sum(*args, d.reinterpreted_batch_ndims)
 
 
-def _log_prob(self, value):
+def log_prob(self, value):
     """Sum of the base Normal's log_prob over the event dims, reduced inside the kernel."""
     return _log_prob_sum(self, value)
 
 
-def _entropy(self):
+def entropy(self):
     """Sum of the base Normal's entropy over the event dims, reduced inside the kernel."""
     base = _normal_base(self)
     scale = None if base is None else base.scale
     if (
         not isinstance(scale, torch.Tensor)
-        or scale.dtype not in ops.FLOAT_DTYPES
+        or scale.dtype not in FLOAT_DTYPES
         or scale.device.type not in ("cpu", "cuda")
-        or not _stable_log_prob_on(scale.device)
+        or not stable_log_prob_on(scale.device)
     ):
-        return _TORCH_INDEPENDENT["entropy"](self)
+        return TORCH_INDEPENDENT["entropy"](self)
     return torch.ops.torchdist_fast.normal_entropy_sum(scale, self.reinterpreted_batch_ndims)
 
 
@@ -77,15 +72,15 @@ def _rsample_and_log_prob(self, sample_shape=torch.Size(), *, generator: torch.G
     if base is None:
         z = self.rsample(sample_shape)
         return z, self.log_prob(z)
-    params = _sample_params(base, promote=True)
+    params = sample_params(base, promote=True)
     if params is None:
-        z = _rsample(base, sample_shape, generator=generator)
+        z = normal_methods.rsample(base, sample_shape, generator=generator)
         return z, _log_prob_sum(self, z, validate=False)
     sample_shape = torch.Size(sample_shape)
-    numel = _checked_numel(base._extended_shape(sample_shape))
-    if eager.direct_ok(*params):
-        return eager.event_rsample(*params, sample_shape, self.reinterpreted_batch_ndims, -1.0, 1.0, numel, generator,
-                                   with_log_prob=True, squash=False)
+    numel = checked_numel(base._extended_shape(sample_shape))
+    if eager_path.direct_ok(*params):
+        return tanh_normal_ops.eager_event_rsample(*params, sample_shape, self.reinterpreted_batch_ndims, -1.0, 1.0,
+                                                   numel, generator, with_log_prob=True, squash=False)
     seed_offset = draw_seed_offset(params[0].device, numel, generator)
     return torch.ops.torchdist_fast.normal_rsample_log_prob_sum(
         *params, list(sample_shape), self.reinterpreted_batch_ndims, seed_offset)
@@ -97,7 +92,7 @@ def _sample_and_log_prob(self, sample_shape=torch.Size(), *, generator: torch.Ge
     if base is None:
         z = self.sample(sample_shape)
         return z, self.log_prob(z)
-    z = _sample(base, sample_shape, generator=generator)
+    z = normal_methods.sample(base, sample_shape, generator=generator)
     return z, _log_prob_sum(self, z, validate=False)
 
 
@@ -118,7 +113,7 @@ class IndependentNormal(Independent):
     """
 
     def __init__(self, base_distribution, reinterpreted_batch_ndims, validate_args=None):
-        if not isinstance(base_distribution, _TorchNormal):
+        if not isinstance(base_distribution, TorchNormal):
             raise TypeError(
                 f"IndependentNormal needs a torch.distributions.Normal base, got {type(base_distribution).__name__}; "
                 "use torch.distributions.Independent for other distributions"
@@ -131,12 +126,12 @@ class IndependentNormal(Independent):
 
     def rsample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None):
         """The base's rsample by ``torchdist_fast.Normal``'s rule (Philox on CUDA), whatever its class."""
-        return _rsample(self.base_dist, sample_shape, generator=generator)
+        return normal_methods.rsample(self.base_dist, sample_shape, generator=generator)
 
     def sample(self, sample_shape=torch.Size(), *, generator: torch.Generator | None = None):
-        return _sample(self.base_dist, sample_shape, generator=generator)
+        return normal_methods.sample(self.base_dist, sample_shape, generator=generator)
 
-    log_prob = _log_prob
-    entropy = _entropy
+    log_prob = log_prob
+    entropy = entropy
     rsample_and_log_prob = _rsample_and_log_prob
     sample_and_log_prob = _sample_and_log_prob

@@ -197,7 +197,7 @@ def normal_rsample(loc, scale, sample_shape, seed, offset, with_log_prob=False):
     z = (loc.to(cdt) + scale_c * eps).to(loc.dtype)
     if not with_log_prob:
         return z
-    log_prob = (-0.5 * eps * eps - torch.log(scale_c) - LOG_SQRT_2PI).expand(out_shape).to(loc.dtype)
+    log_prob = log_prob_of_noise(eps, scale_c).expand(out_shape).to(loc.dtype)
     return z, log_prob
 
 
@@ -217,11 +217,36 @@ def normal_rsample_backward(grad_z, grad_log_prob, scale, seed, offset):
     return reduce_to(g_scale, scale.shape).to(scale.dtype)
 
 
+def log_prob_formula(value, loc, scale):
+    """THE log-density of Normal(loc, scale) at ``value``, elementwise, in the inputs' (compute) dtype:
+    ``y = (value - loc) / scale; -y*y/2 - log(scale) - log(sqrt(2 pi))``. It never forms ``scale**2``
+    or ``(value - loc)**2``. Every log_prob of the package is this formula (the kernels write it
+    in ``triton_kernels/normal_log_prob.py``, ``normal_event_sum.py``). ``-0.5 * (y * y)``: under
+    autograd (the CPU "stable" log_prob of ``torchdist_fast.Normal``) only ``y`` is saved, where
+    ``(-0.5 * y) * y`` would also save the scaled copy (one tensor of the output's size)."""
+    y = (value - loc) / scale
+    return -0.5 * (y * y) - torch.log(scale) - LOG_SQRT_2PI
+
+
+def log_prob_of_noise(eps, scale):
+    """``log_prob_formula(loc + scale * eps, loc, scale)`` from the noise itself (the fused
+    rsample ops): ``-eps*eps/2 - log(scale) - log(sqrt(2 pi))``."""
+    return -0.5 * eps * eps - torch.log(scale) - LOG_SQRT_2PI
+
+
+def entropy_formula(scale):
+    """The Normal entropy ``1/2 + log(sqrt(2 pi)) + log(scale)``, elementwise."""
+    return 0.5 + LOG_SQRT_2PI + torch.log(scale)
+
+
 def normal_log_prob(value, loc, scale):
-    cdt = compute_dtype(value.dtype)
-    v, m, s = value.to(cdt), loc.to(cdt), scale.to(cdt)
-    y = (v - m) / s
-    return (-0.5 * y * y - torch.log(s) - LOG_SQRT_2PI).to(value.dtype)
+    """``log_prob_formula`` with half types computed in float32, rounded to ``value``'s dtype.
+    (Also the CPU "stable" log_prob of ``torchdist_fast.Normal``, called without the op.)"""
+    dtype = value.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        value, loc, scale = value.float(), loc.float(), scale.float()
+    out = log_prob_formula(value, loc, scale)
+    return out if out.dtype == dtype else out.to(dtype)
 
 
 def normal_log_prob_backward(grad, value, loc, scale, output_mask=(True, True, True)):
@@ -243,3 +268,143 @@ def reduce_to(t: torch.Tensor, shape) -> torch.Tensor:
     if tuple(t.shape) == shape:
         return t
     return t.sum_to_size(shape) if len(shape) else t.sum()
+
+
+def event_sum(x: torch.Tensor, event_dims: int) -> torch.Tensor:
+    """Sum over the rightmost ``event_dims`` dims (none for 0)."""
+    return x.sum(tuple(range(-event_dims, 0))) if event_dims else x
+
+
+# ---------------------------------------------------------------------------------------
+# Event-dim sums (Independent(Normal, k)): summed in the compute dtype, rounded once.
+# ---------------------------------------------------------------------------------------
+
+def normal_log_prob_sum(value, loc, scale, event_dims: int):
+    """normal_log_prob summed over the rightmost ``event_dims`` dims of the broadcast shape."""
+    full = broadcast_shape(value.shape, loc.shape, scale.shape)
+    cdt = compute_dtype(value.dtype)
+    per_element = log_prob_formula(value.to(cdt), loc.to(cdt), scale.to(cdt)).expand(full)
+    return event_sum(per_element, event_dims).to(value.dtype)
+
+
+def normal_entropy_sum(scale, event_dims: int):
+    """The Normal entropy summed over the rightmost ``event_dims`` dims of ``scale``."""
+    return event_sum(entropy_formula(scale.to(compute_dtype(scale.dtype))), event_dims).to(scale.dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# KL(N(p_loc, p_scale) || N(q_loc, q_scale)); None is the standard normal's loc 0 / scale 1.
+# With r = p_scale / q_scale and t = (p_loc - q_loc) / q_scale:
+#     kl = (r^2 + t^2 - 1) / 2 - (log p_scale - log q_scale)
+# (never the log of a squared ratio, which underflows for r < 1e-23 in float32).
+# ---------------------------------------------------------------------------------------
+
+def _materialize_kl_params(params, dtype, device):
+    """The four parameters in the compute dtype; None becomes the standard normal's 0 or 1."""
+    cdt = compute_dtype(dtype)
+    defaults = (0.0, 1.0, 0.0, 1.0)
+    return [
+        torch.tensor(d, dtype=cdt, device=device) if t is None else t.to(cdt) for t, d in zip(params, defaults)
+    ]
+
+
+def normal_kl(p_loc, p_scale, q_loc, q_scale):
+    """KL(N(p_loc, p_scale) || N(q_loc, q_scale)) elementwise (None: loc 0, scale 1); half types in float32."""
+    present = [t for t in (p_loc, p_scale, q_loc, q_scale) if t is not None]
+    dtype, device = present[0].dtype, present[0].device
+    pl, ps, ql, qs = _materialize_kl_params((p_loc, p_scale, q_loc, q_scale), dtype, device)
+    shape = torch.broadcast_shapes(*(t.shape for t in present))
+    inv_qs = 1.0 / qs
+    r = ps * inv_qs
+    t = (pl - ql) * inv_qs
+    kl = 0.5 * (r * r + t * t - 1.0) - (ps.log() - qs.log())
+    return kl.expand(shape).to(dtype).contiguous()
+
+
+def normal_kl_backward(grad, p_loc, p_scale, q_loc, q_scale, output_mask):
+    """Gradients for (p_loc, p_scale, q_loc, q_scale), reduced to their shapes; None where not needed."""
+    params = (p_loc, p_scale, q_loc, q_scale)
+    pl, ps, ql, qs = _materialize_kl_params(params, grad.dtype, grad.device)
+    g = grad.to(compute_dtype(grad.dtype))
+    inv_qs = 1.0 / qs
+    r = ps * inv_qs
+    t = (pl - ql) * inv_qs
+    g_loc = g * t * inv_qs
+    elementwise = (g_loc, g * (r * r - 1.0) / ps, -g_loc, g * (1.0 - r * r - t * t) * inv_qs)
+    out = []
+    for e, p, need in zip(elementwise, params, output_mask):
+        if not need or p is None:
+            out.append(None)
+        else:
+            out.append(reduce_to(e.expand(grad.shape), p.shape).to(p.dtype).contiguous())
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------
+# TanhNormal: a = mid + half * tanh(u), u = loc + scale * eps, the log-density summed over the
+# ``event_dims`` rightmost dims:
+#     log p(a) = sum over events of [ log N(u; loc, scale) - log(half) - log(1 - tanh(u)^2) ],
+#     log(1 - tanh(u)^2) = 2 * (log 2 - |u| - log1p(exp(-2 |u|)))
+# (torch's TanhTransform.log_abs_det_jacobian formula; it never forms 1 - tanh(u)^2, which rounds
+# to 0 for |u| > 9 in float32). ``squash=False`` is the plain Normal with its log_prob summed over
+# the event dims (normal_rsample_log_prob_sum), on the same kernels.
+# ---------------------------------------------------------------------------------------
+LN2 = math.log(2.0)
+
+
+def log_one_minus_tanh2(u: torch.Tensor) -> torch.Tensor:
+    """log(1 - tanh(u)^2), without forming 1 - tanh(u)^2."""
+    t = u.abs()
+    return 2.0 * (LN2 - t - torch.log1p(torch.exp(-2.0 * t)))
+
+
+def tanh_normal(eps, loc, scale, event_dims, mid, half, with_log_prob, squash=True):
+    """(a, log_prob or None) from the noise ``eps`` (full shape, compute dtype). ``squash=False``:
+    the plain Normal, a = loc + scale * eps (``normal_rsample_log_prob_sum``)."""
+    dtype, cdt = loc.dtype, eps.dtype
+    scale_c = scale.to(cdt)
+    u = loc.to(cdt) + scale_c * eps
+    a = (mid + half * torch.tanh(u) if squash else u).to(dtype)
+    if not with_log_prob:
+        return a, None
+    term = log_prob_of_noise(eps, scale_c)
+    if squash:
+        term = term - math.log(half) - log_one_minus_tanh2(u)
+    return a, event_sum(term.expand(eps.shape), event_dims).to(dtype)
+
+
+def tanh_normal_backward(eps, grad_a, grad_lp, loc, scale, event_dims, half, output_mask, squash=True):
+    """(grad_loc, grad_scale) of ``tanh_normal`` reduced to the parameters' shapes; None where not needed."""
+    cdt = eps.dtype
+    scale_c = scale.to(cdt)
+    u = loc.to(cdt) + scale_c * eps
+    y = torch.tanh(u)
+    e = torch.exp(-2.0 * u.abs())
+    gu = torch.zeros_like(eps)
+    g_scale = torch.zeros_like(eps)
+    if grad_a is not None:
+        gu = gu + (grad_a.to(cdt) * half * (4.0 * e / ((1.0 + e) * (1.0 + e))) if squash else grad_a.to(cdt))
+    if grad_lp is not None:
+        gl = grad_lp.to(cdt).reshape(tuple(grad_lp.shape) + (1,) * event_dims)
+        if squash:
+            gu = gu + gl * 2.0 * y
+        g_scale = g_scale - gl / scale_c
+    g_scale = g_scale + gu * eps
+    return tuple(
+        reduce_to(g.expand(eps.shape), t.shape).to(t.dtype).contiguous() if need else None
+        for g, t, need in zip((gu, g_scale), (loc, scale), output_mask)
+    )
+
+
+def tanh_normal_log_prob(value, loc, scale, low: float, high: float, event_dims: int):
+    """log_prob of a given action: ``y = (a - mid) / half`` clamped to ``[-1 + eps, 1 - eps]``
+    (``eps = torch.finfo(dtype).eps``), ``u = atanh(y)``, then the density above."""
+    mid, half = (high + low) / 2, (high - low) / 2
+    cdt = compute_dtype(value.dtype)
+    tiny = torch.finfo(value.dtype).eps
+    y = ((value.to(cdt) - mid) / half).clamp(-1.0 + tiny, 1.0 - tiny)
+    log1p_y, log1m_y = torch.log1p(y), torch.log1p(-y)
+    u = 0.5 * (log1p_y - log1m_y)  # atanh(y)
+    # log(1 - y^2) = log1p(y) + log1p(-y)
+    term = log_prob_formula(u, loc.to(cdt), scale.to(cdt)) - math.log(half) - (log1p_y + log1m_y)
+    return event_sum(term, event_dims).to(value.dtype)

@@ -14,7 +14,7 @@ rounds to 0 for |u| > 9 in float32).
 Where it runs (the rule of ``torchdist_fast.Normal``): CUDA tensors (and CPU under
 ``cpu_sampling("philox")``) use the Philox ops; CPU tensors by default are torch's own
 ``TransformedDistribution(Independent(Normal(loc, scale), k), [TanhTransform(), AffineTransform()])``,
-bit for bit. This module also holds the op's reference (``reference_tanh_normal``) and backward.
+bit for bit. The ops: ``ops/tanh_normal.py``; the reference: ``reference.tanh_normal``.
 """
 from __future__ import annotations
 
@@ -24,78 +24,15 @@ import torch
 from torch.distributions import Independent, TransformedDistribution, constraints
 from torch.distributions.transforms import AffineTransform, TanhTransform
 
-from . import eager, ops, reference
-from .backend import uses_gpu_kernels
-from .distribution import Normal, _checked_numel, _ops_device, _rsample, _stable_log_prob_on
+from . import normal_methods, reference
+from .distribution import Normal
 from .functional import draw_seed_offset
+from .ops import eager_path
+from .ops import tanh_normal as tanh_normal_ops
+from .reference import FLOAT_DTYPES
+from .routing import checked_numel, philox_sampling_on, stable_log_prob_on
 
-__all__ = ["TanhNormal", "reference_tanh_normal", "reference_tanh_normal_backward"]
-
-LN2 = math.log(2.0)
-MAX_FUSED_EVENT = 2048  # event elements per row the fused kernel takes; longer rows run unfused
-
-
-# ---------------------------------------------------------------------------------- reference
-def fused_kernel_applies(full_shape, event_dims: int) -> bool:
-    d = math.prod(tuple(full_shape)[len(full_shape) - event_dims:]) if event_dims else 1
-    return d <= MAX_FUSED_EVENT
-
-
-def noise(full_shape, seed: int, offset: int, dtype: torch.dtype, device, position=None) -> torch.Tensor:
-    """The Philox normals of the stream at (seed, offset) (or ``position`` in device memory, for
-    the GPU kernels), in the compute dtype."""
-    cdt = reference.compute_dtype(dtype)
-    device = torch.device(device)
-    if uses_gpu_kernels(device):
-        return ops._launchers(device).philox_randn(tuple(full_shape), seed, offset, cdt, device, position=position)
-    return reference.philox_randn(tuple(full_shape), seed, offset, cdt, device)
-
-
-def _log_one_minus_tanh2(u: torch.Tensor) -> torch.Tensor:
-    t = u.abs()
-    return 2.0 * (LN2 - t - torch.log1p(torch.exp(-2.0 * t)))
-
-
-def _event_sum(x: torch.Tensor, event_dims: int) -> torch.Tensor:
-    return x.sum(tuple(range(-event_dims, 0))) if event_dims else x
-
-
-def reference_tanh_normal(eps, loc, scale, event_dims, mid, half, with_log_prob, squash=True):
-    """(a, log_prob or None) from the noise ``eps`` (full shape, compute dtype). ``squash=False``:
-    the plain Normal, a = loc + scale * eps (``normal_rsample_log_prob_sum``)."""
-    dtype, cdt = loc.dtype, eps.dtype
-    scale_c = scale.to(cdt)
-    u = loc.to(cdt) + scale_c * eps
-    a = (mid + half * torch.tanh(u) if squash else u).to(dtype)
-    if not with_log_prob:
-        return a, None
-    term = -0.5 * eps * eps - torch.log(scale_c) - reference.LOG_SQRT_2PI
-    if squash:
-        term = term - math.log(half) - _log_one_minus_tanh2(u)
-    return a, _event_sum(term.expand(eps.shape), event_dims).to(dtype)
-
-
-def reference_tanh_normal_backward(eps, grad_a, grad_lp, loc, scale, event_dims, half, output_mask, squash=True):
-    """(grad_loc, grad_scale) reduced to the parameters' shapes; None where not needed."""
-    cdt = eps.dtype
-    scale_c = scale.to(cdt)
-    u = loc.to(cdt) + scale_c * eps
-    y = torch.tanh(u)
-    e = torch.exp(-2.0 * u.abs())
-    gu = torch.zeros_like(eps)
-    g_scale = torch.zeros_like(eps)
-    if grad_a is not None:
-        gu = gu + (grad_a.to(cdt) * half * (4.0 * e / ((1.0 + e) * (1.0 + e))) if squash else grad_a.to(cdt))
-    if grad_lp is not None:
-        gl = grad_lp.to(cdt).reshape(tuple(grad_lp.shape) + (1,) * event_dims)
-        if squash:
-            gu = gu + gl * 2.0 * y
-        g_scale = g_scale - gl / scale_c
-    g_scale = g_scale + gu * eps
-    return tuple(
-        reference.reduce_to(g.expand(eps.shape), t.shape).to(t.dtype).contiguous() if need else None
-        for g, t, need in zip((gu, g_scale), (loc, scale), output_mask)
-    )
+__all__ = ["TanhNormal"]
 
 
 # ---------------------------------------------------------------------------------- the class
@@ -179,17 +116,17 @@ class TanhNormal(TransformedDistribution):
     def _fused_params(self):
         """(loc, scale) of one float dtype for the fused op, or None for torch's code."""
         loc, scale = self.loc, self.scale
-        if not _ops_device(loc) or loc.device != scale.device or loc.dtype != scale.dtype or loc.dtype not in ops.FLOAT_DTYPES:
+        if not philox_sampling_on(loc) or loc.device != scale.device or loc.dtype != scale.dtype or loc.dtype not in FLOAT_DTYPES:
             return None
         return loc, scale
 
     def _fused(self, sample_shape, generator, with_log_prob):
         loc, scale = self._fused_params()
         sample_shape = torch.Size(sample_shape)
-        numel = _checked_numel(sample_shape + self.batch_shape + self.event_shape)
-        if eager.direct_ok(loc, scale):
-            return eager.event_rsample(loc, scale, sample_shape, self.event_dims, self.low, self.high, numel, generator,
-                                       with_log_prob, squash=True)
+        numel = checked_numel(sample_shape + self.batch_shape + self.event_shape)
+        if eager_path.direct_ok(loc, scale):
+            return tanh_normal_ops.eager_event_rsample(loc, scale, sample_shape, self.event_dims, self.low, self.high,
+                                                       numel, generator, with_log_prob, squash=True)
         seed_offset = draw_seed_offset(loc.device, numel, generator)
         return torch.ops.torchdist_fast.tanh_normal_rsample(
             loc, scale, list(sample_shape), self.event_dims, self.low, self.high, seed_offset, with_log_prob)
@@ -197,7 +134,7 @@ class TanhNormal(TransformedDistribution):
     def _torch_rsample(self, sample_shape, generator):
         """torch's TransformedDistribution.rsample (populating the transforms' caches), with the
         base's noise drawn by torchdist_fast.Normal's rule (so ``generator=`` works)."""
-        x = _rsample(self._normal, sample_shape, generator=generator)
+        x = normal_methods.rsample(self._normal, sample_shape, generator=generator)
         for transform in self.transforms:
             x = transform(x)
         return x
@@ -238,18 +175,9 @@ class TanhNormal(TransformedDistribution):
         if cache is not None and value is cache[0]:
             return cache[1]
         loc = self.loc
-        if not (isinstance(value, torch.Tensor) and value.device == loc.device and _stable_log_prob_on(loc.device)
-                and value.dtype in ops.FLOAT_DTYPES):
+        if not (isinstance(value, torch.Tensor) and value.device == loc.device and stable_log_prob_on(loc.device)
+                and value.dtype in FLOAT_DTYPES):
             return super().log_prob(value)
         if self._validate_args:
             self._validate_sample(value)
-        mid, half = (self.high + self.low) / 2, (self.high - self.low) / 2
-        cdt = reference.compute_dtype(value.dtype)
-        tiny = torch.finfo(value.dtype).eps
-        y = ((value.to(cdt) - mid) / half).clamp(-1.0 + tiny, 1.0 - tiny)
-        log1p_y, log1m_y = torch.log1p(y), torch.log1p(-y)
-        u = 0.5 * (log1p_y - log1m_y)  # atanh(y)
-        scale = self.scale.to(cdt)
-        z = (u - self.loc.to(cdt)) / scale
-        term = -0.5 * z * z - torch.log(scale) - reference.LOG_SQRT_2PI - math.log(half) - (log1p_y + log1m_y)
-        return _event_sum(term, self.event_dims).to(value.dtype)
+        return reference.tanh_normal_log_prob(value, self.loc, self.scale, self.low, self.high, self.event_dims)

@@ -9,7 +9,7 @@ Backend: gloo on CPU, nccl on CUDA (one GPU per process). Each rank trains on it
 every global batch (``--batch-size`` images per rank); DDP averages the gradients, so every rank
 holds the same parameters after every step (checked at the end).
 
-The per-rank stream rule (``torchdist_fast.streams``): rank ``r`` of a run seeded with ``s``
+The per-rank stream rule (``torchdist_fast.rng``): rank ``r`` of a run seeded with ``s``
 draws from a ``torch.Generator`` seeded with ``rank_seed(s, r)``, SplitMix64 output ``r + 1`` of
 ``s``; the generator is passed as ``generator=`` to ``rsample``. The seed is the Philox key of
 torchdist_fast's draws, so ranks never draw the same noise, and one seed reproduces every rank's
@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 import torchdist_fast
 from torchdist_fast.examples import _common as C
 from torchdist_fast.examples import vae
-from torchdist_fast.streams import rank_generator, rank_seed
+from torchdist_fast.rng import rank_generator, rank_seed
 
 _TIMEOUT = datetime.timedelta(seconds=120)  # a lost peer fails the run instead of hanging it
 
