@@ -75,9 +75,9 @@ def _bench_rows(dtypes, op_modes, sizes):
 
 def workload_headline():
     """gpu_check's headline rows. Every size from 2^8 up is a multiple of 16: one specialization."""
-    from torchdist_fast import bench, gpu_check
+    from torchdist_fast import bench, gpu_workloads
 
-    _bench_rows(gpu_check.HEADLINE_DTYPES, [bench.parse_op_mode(t) for t in gpu_check.HEADLINE_OP_MODES], [256])
+    _bench_rows(gpu_workloads.HEADLINE_DTYPES, [bench.parse_op_mode(t) for t in gpu_workloads.HEADLINE_OP_MODES], [256])
 
 
 def _bench_sweep(dtype, ops):
@@ -132,15 +132,15 @@ def workload_graphs():
 
 
 def workload_ncu():
-    from torchdist_fast import gpu_check
+    from torchdist_fast import gpu_workloads
 
-    gpu_check.workload_ncu("cpu", n=64)
+    gpu_workloads.workload_ncu("cpu", n=64)
 
 
 def workload_memcheck():
-    from torchdist_fast import gpu_check
+    from torchdist_fast import gpu_workloads
 
-    gpu_check.workload_ops("cpu")
+    gpu_workloads.workload_ops("cpu")
 
 
 WORKLOADS = {"headline": workload_headline, "graphs": workload_graphs, "ncu": workload_ncu, "memcheck": workload_memcheck,
@@ -368,23 +368,23 @@ def measure_import() -> float:
 def fingerprint(collected: list) -> str:
     """Of what the counts depend on: the kernels and their launchers, the silicon candidates
     (collected ids), and the counting workloads (and the code they run)."""
-    from . import bench, gpu_check
+    from . import bench, gpu_workloads
 
     h = hashlib.sha256()
     for path in sorted((PACKAGE / "triton_kernels").glob("*.py")):
         h.update(path.name.encode() + path.read_bytes())
-    h.update(json.dumps([gpu_check.SILICON_CANDIDATES, gpu_check.SILICON_ALWAYS, sorted(collected)]).encode())
-    for fn in (*WORKLOADS.values(), _bench_rows, _bench_sweep, _compile_launches, gpu_check.workload_ops,
-               gpu_check.workload_ncu, bench.make_fwd, bench.with_backward):
+    h.update(json.dumps([gpu_workloads.SILICON_CANDIDATES, gpu_workloads.SILICON_ALWAYS, sorted(collected)]).encode())
+    for fn in (*WORKLOADS.values(), _bench_rows, _bench_sweep, _compile_launches, gpu_workloads.workload_ops,
+               gpu_workloads.workload_ncu, bench.make_fwd, bench.with_backward):
         h.update(inspect.getsource(fn).encode())
-    h.update(json.dumps([gpu_check.HEADLINE_DTYPES, gpu_check.HEADLINE_OP_MODES]).encode())
+    h.update(json.dumps([gpu_workloads.HEADLINE_DTYPES, gpu_workloads.HEADLINE_OP_MODES]).encode())
     return h.hexdigest()[:20]
 
 
 def collect_candidates() -> list:
-    from . import gpu_check
+    from . import gpu_workloads
 
-    record = count_tests(gpu_check.SILICON_CANDIDATES + gpu_check.SILICON_ALWAYS, "--kernel-dtypes", *gpu_check.HEADLINE_DTYPES,
+    record = count_tests(gpu_workloads.SILICON_CANDIDATES + gpu_workloads.SILICON_ALWAYS, "--kernel-dtypes", *gpu_workloads.HEADLINE_DTYPES,
                          collect_only=True)
     return record["collected"]
 
@@ -392,23 +392,23 @@ def collect_candidates() -> list:
 # ----------------------------------------------------------------------------- recount
 def recount(workers: int = 2, verbose=print) -> dict:
     """Count, measure and choose anew; returns the data (written by ``main``)."""
-    from . import bench, gpu_check
+    from . import bench, gpu_workloads
 
     old = load() if DATA_PATH.exists() else {}
     verbose("counting the silicon candidates under the interpreter ...")
-    record = count_tests(gpu_check.SILICON_CANDIDATES + gpu_check.SILICON_ALWAYS, "--kernel-dtypes",
-                         *gpu_check.HEADLINE_DTYPES, workers=workers)
-    candidates = {t: k for t, k in record["launches"].items() if t.split("[")[0] in gpu_check.SILICON_CANDIDATES}
+    record = count_tests(gpu_workloads.SILICON_CANDIDATES + gpu_workloads.SILICON_ALWAYS, "--kernel-dtypes",
+                         *gpu_workloads.HEADLINE_DTYPES, workers=workers)
+    candidates = {t: k for t, k in record["launches"].items() if t.split("[")[0] in gpu_workloads.SILICON_CANDIDATES}
     cases = choose_cases({"launches": candidates})
-    write_cases(cases, gpu_check.SILICON_ALWAYS, gpu_check.SILICON_CASES)
-    counts = {"silicon": {**silicon_counts(record, cases, gpu_check.SILICON_ALWAYS),
+    write_cases(cases, gpu_workloads.SILICON_ALWAYS, gpu_workloads.SILICON_CASES)
+    counts = {"silicon": {**silicon_counts(record, cases, gpu_workloads.SILICON_ALWAYS),
                           "candidates": {"tests": len(record["collected"]),
                                          "variants": len({k for keys in record["launches"].values() for k in keys})}}}
     for name in WORKLOADS:
         verbose(f"counting {name} ...")
         counts[name] = count_workload(name)
     graphs = {  # the torch.compile graphs each step builds, from the plans
-        "headline": len(gpu_check.HEADLINE_DTYPES) * len(gpu_check.HEADLINE_OP_MODES),
+        "headline": len(gpu_workloads.HEADLINE_DTYPES) * len(gpu_workloads.HEADLINE_OP_MODES),
         "bench-fp32": 2 * len(bench.combos(bench.OPS)),  # one dynamic graph, and size 1 apart
         "bench-bf16": 2 * len(bench.combos(bench.OPS)),
         "bench-family": 2 * len(bench.combos(bench.FAMILY_OPS)),
@@ -417,7 +417,7 @@ def recount(workers: int = 2, verbose=print) -> dict:
     }
     for name, n in graphs.items():
         counts.setdefault(name, {})["compiled_graphs"] = n
-    counts["headline"]["compiled_graph_modes"] = [m.split(":")[1] for m in gpu_check.HEADLINE_OP_MODES] * len(gpu_check.HEADLINE_DTYPES)
+    counts["headline"]["compiled_graph_modes"] = [m.split(":")[1] for m in gpu_workloads.HEADLINE_OP_MODES] * len(gpu_workloads.HEADLINE_DTYPES)
     counts["tests"] = old.get("counts", {}).get("tests", {})
     verbose("measuring compile times ...")
     compile_time = {**old.get("compile", {}), **measured_compile()}
@@ -461,7 +461,7 @@ def _bench_run_s(a: dict, dtypes, op_modes, sizes, impls: int) -> float:
 
 def estimates(data: dict | None = None) -> dict:
     """{step: (seconds, how)} for every step of gpu_check."""
-    from . import bench, gpu_check
+    from . import bench, gpu_workloads
 
     data = data or load()
     a = {k: v for k, v in data["assumed"].items()}
@@ -488,7 +488,7 @@ def estimates(data: dict | None = None) -> dict:
     out["build"] = (av["extension_build_s"], f"assumed {av['extension_build_s']} s (issue 18: about 30 s for sm_90)")
     s = c["silicon"]
     jobs = [f["variants"] * t + f["tests"] * av["test_call_s"] for f in s["by_file"].values()]
-    w = gpu_check.SILICON_WORKERS
+    w = gpu_workloads.SILICON_WORKERS
     heavy = av["accuracy_reference_s"]
     span = lpt_makespan(jobs + [heavy], w)
     out["silicon"] = (start + first + av["pytest_collect_s"] + span,
@@ -496,23 +496,23 @@ def estimates(data: dict | None = None) -> dict:
                       f"longest worker {span:.0f} s ({s['variants']} variants in {len(s['by_file'])} files x {t:.2f} s, "
                       f"{s['tests']} tests x {av['test_call_s']} s, the 2^24-draw reference {heavy} s)")
     h = c["headline"]
-    op_modes = [bench.parse_op_mode(m) for m in gpu_check.HEADLINE_OP_MODES]
-    sizes = [2 ** int(x[2:]) for x in gpu_check.HEADLINE_SIZES]
-    run = _bench_run_s(a, gpu_check.HEADLINE_DTYPES, op_modes, sizes, impls=4)
+    op_modes = [bench.parse_op_mode(m) for m in gpu_workloads.HEADLINE_OP_MODES]
+    sizes = [2 ** int(x[2:]) for x in gpu_workloads.HEADLINE_SIZES]
+    run = _bench_run_s(a, gpu_workloads.HEADLINE_DTYPES, op_modes, sizes, impls=4)
     graphs = sum(graph_s[m] for m in h["compiled_graph_modes"])
     out["headline"] = (start + first + h["variants"] * t + graphs + run + av["copy_measure_s"],
                        f"start {start + first:.0f} s + {h['variants']} variants x {t:.2f} s + {h['compiled_graphs']} "
                        f"torch.compile graphs {graphs:.0f} s + timed rows {run:.0f} s + copy bandwidth {av['copy_measure_s']} s")
     g = c["graphs"]
     work = g["variants"] * t + g["compiled_graphs"] * graph_s["fwd+bwd"] + av["graphs_run_s"]
-    span = max(work / gpu_check.GRAPHS_WORKERS, graph_s["fwd+bwd"] + first)
+    span = max(work / gpu_workloads.GRAPHS_WORKERS, graph_s["fwd+bwd"] + first)
     out["graphs"] = (start + first + av["pytest_collect_s"] + span,
-                     f"{gpu_check.GRAPHS_WORKERS} workers: start {start + first:.0f} s + collect + ({g['variants']} variants x {t:.2f} s "
+                     f"{gpu_workloads.GRAPHS_WORKERS} workers: start {start + first:.0f} s + collect + ({g['variants']} variants x {t:.2f} s "
                      f"+ {g['compiled_graphs']} Inductor graphs x {graph_s['fwd+bwd']} s + run {av['graphs_run_s']} s) / "
-                     f"{gpu_check.GRAPHS_WORKERS}")
+                     f"{gpu_workloads.GRAPHS_WORKERS}")
     full = c.get("tests", {})
     if full.get("variants"):
-        wk = gpu_check.SUITE_WORKERS
+        wk = gpu_workloads.SUITE_WORKERS
         work = full["variants"] * t * av["suite_duplicate_compiles"] + full["tests"] * av["test_call_s"] + \
             full["compiled_graphs"] * graph_s["fwd+bwd"]
         out["tests"] = (start + first + av["pytest_collect_s"] + work / wk,
