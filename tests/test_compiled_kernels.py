@@ -1,6 +1,6 @@
 """Under torch.compile the ops' Triton launches are graph nodes (triton_kernel_wrapper_functional),
 which Inductor calls from its generated code: no Python op of ours runs per call but the draw of
-the stream position (ops.inductor.expose_kernels, README "torch.compile").
+the stream position (ops.inductor.expose_kernels, docs/compile.md).
 
 On CPU the launches run through the interpreter with ``backend="aot_eager"`` (the graph Inductor
 gets, run op by op; Inductor itself cannot build user Triton kernels for the CPU), under

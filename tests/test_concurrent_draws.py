@@ -1,4 +1,4 @@
-"""Concurrent draws from one generator never share a Philox counter (README, "Random numbers",
+"""Concurrent draws from one generator never share a Philox counter (docs/random-numbers.md,
 "Threads and processes").
 
 Taking a stream position and advancing the generator is one atomic step on every path: the CPU

@@ -3,7 +3,7 @@ the training path: samples, log_prob, entropy, the fused pairs, their gradients 
 and a few hundred steps of an actor-critic trained with either class end with equal weights.
 
 (cdf / icdf / log_cdf keep their accurate tails and are compared with tolerances in
-test_normal_conformance.py; the README states the rule per method.)"""
+test_normal_conformance.py; docs/normal.md states the rule per method.)"""
 import pytest
 import torch
 import torch.nn as nn

@@ -1,4 +1,4 @@
-"""What processes draw (README, "Threads and processes"): each worker gets distinct streams where
+"""What processes draw (docs/random-numbers.md, "Threads and processes"): each worker gets distinct streams where
 torch gives distinct generator states, and identical ones where the user seeds identically.
 
 torchdist_fast's CPU stream position is a function of the generator state (``rng.CpuStreams``),

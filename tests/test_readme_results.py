@@ -1,4 +1,5 @@
-"""The README's benchmark summary is exactly what the committed results file says."""
+"""The README's headline table and the benchmarks page's summary are exactly what the committed
+results files say."""
 import json
 import re
 from pathlib import Path
@@ -9,9 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench-summary:start -->", "<!-- bench-summary:end -->"
 
 
-def test_readme_summary_matches_committed_results():
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split(START, 1)[1].split(END, 1)[0]
+def test_benchmarks_page_summary_matches_committed_results():
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    block = page.split(START, 1)[1].split(END, 1)[0]
     paths = re.findall(r"`(benchmarks/results/[^`]+\.json)`", block)
     assert paths, "the summary must name its results file"
     expected = "".join(
@@ -39,3 +40,25 @@ def test_committed_compile_rows_ran_compiled_code():
         for r in rows:
             ev = r["extra"]["compile"]
             assert ev["graph_breaks"] == 0 and ev["recompiles_while_timed"] == 0 and ev["compiled_region_ran"], (f, r)
+
+
+def test_readme_headline_is_generated_from_the_committed_results():
+    from torchdist_fast import headline
+
+    block = headline.readme_block((ROOT / "README.md").read_text())
+    assert block.strip() == headline.headline().strip()
+    if not headline.gpu_headline_files():  # no GPU run committed: the table must say it predicts
+        assert "Predicted, not measured" in block
+
+
+def test_headline_prefers_a_committed_gpu_run(tmp_path, monkeypatch):
+    from torchdist_fast import headline
+
+    run = tmp_path / "benchmarks" / "results" / "gpu-20990101"
+    run.mkdir(parents=True)
+    (run / "headline.json").write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3", "table": "| op | x eager |\n|---|---|\n| randn | 9.9 |"}))
+    monkeypatch.setattr(headline, "ROOT", tmp_path)
+    monkeypatch.setattr(headline, "RESULTS", tmp_path / "benchmarks" / "results")
+    text = headline.headline()
+    assert text.startswith("**Measured** on NVIDIA H100 80GB HBM3 (`benchmarks/results/gpu-20990101/headline.json`)")
+    assert "| randn | 9.9 |" in text and "Predicted" not in text

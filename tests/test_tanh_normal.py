@@ -242,7 +242,7 @@ def cleanrl_get_action(mean, std, action_scale, action_bias):
 
 
 def test_cleanrl_actor_one_line_change():
-    """The README's replacement line gives CleanRL's action and log_prob on the same noise (up to
+    """The replacement line of docs/family.md gives CleanRL's action and log_prob on the same noise (up to
     CleanRL's 1e-6 inside the log, which matters only near the bounds)."""
     mean = torch.randn(64, 6, dtype=torch.float64, requires_grad=True)
     std = (0.3 * torch.rand(64, 6, dtype=torch.float64) + 0.2).requires_grad_()

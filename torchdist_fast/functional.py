@@ -66,7 +66,7 @@ def randn(*size, generator: torch.Generator | None = None, dtype: torch.dtype | 
     """Standard normals from the Philox stream, like ``torch.randn``.
 
     ``generator`` (else the default generator of ``device``) supplies (seed, offset) and is
-    advanced by ceil(numel / 4) counters; see README "Random numbers".
+    advanced by ceil(numel / 4) counters; see docs/random-numbers.md.
     """
     size = _parse_size(size)
     dtype = dtype if dtype is not None else torch.get_default_dtype()

@@ -2,7 +2,7 @@
 
 Pure torch, vectorized, device-agnostic (it runs wherever its inputs live, CPU in practice).
 
-Random-number stream (a promise to users, repeated in README "Random numbers")
+Random-number stream (a promise to users, written for users in docs/random-numbers.md)
 -------------------------------------------------------------------------------
 Philox4x32-10 (Random123), key = (seed & 0xFFFFFFFF, seed >> 32), both 32-bit words of the
 64-bit seed. Element ``j`` (flat row-major index of the output) belongs to counter

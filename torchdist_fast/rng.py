@@ -1,6 +1,6 @@
 """(seed, offset) for the Philox stream, taken from a ``torch.Generator``.
 
-Rules (README "Random numbers"):
+Rules (docs/random-numbers.md, "Where (seed, offset) come from"):
 - The generator is the one passed as ``generator=``, else the default generator of the device.
 - Philox-based generators (CUDA and others with an offset): seed = ``initial_seed()``,
   offset = ``get_offset()``; the generator is then advanced by the counters consumed
@@ -17,7 +17,7 @@ Rules (README "Random numbers"):
   a function of the generator state: runs reproduce, and checkpoint recomputation (which
   restores the state) redraws the same noise.
 - Taking a position and advancing the generator is one atomic step (``POSITION_LOCK``, on every
-  path), so draws from one generator in several threads never share a counter (README, "Threads
+  path), so draws from one generator in several threads never share a counter (docs/random-numbers.md, "Threads
   and processes").
 Through the ops the pair travels as an int64 tensor ``[seed, offset]`` (64-bit patterns), so that
 the ops that use it are pure functions of their inputs and can be recomputed (backward,
@@ -42,7 +42,7 @@ get pairwise different seeds (for any number of ranks below 2**64), and nearby b
 ranks give unrelated ones.
 
 Why a different *seed* per rank is enough for torchdist_fast: a seed is the Philox key
-(README, "Random numbers"). After ``torch.manual_seed(k)`` (or ``Generator.manual_seed(k)``) the
+(docs/random-numbers.md). After ``torch.manual_seed(k)`` (or ``Generator.manual_seed(k)``) the
 Philox draws of torchdist_fast start at position ``(k, 0)``, on CUDA and on CPU, so two ranks with
 different keys draw from different Philox permutations and never share noise, and the whole run
 is reproducible from the base seed alone. On CPU in the default ``cpu_sampling("torch")`` mode the
@@ -172,7 +172,7 @@ def take_seed_offset(device: torch.device, counters: int, generator: torch.Gener
 
     On CUDA with the CUDA backend extension built, it is written on the device by the extension's
     ``draw_position`` op: under CUDA graph capture it then holds the values of each replay
-    (README, "CUDA graphs and per-call host cost"). Elsewhere it is a CPU tensor (and capture is
+    (docs/compile.md, "CUDA graphs"). Elsewhere it is a CPU tensor (and capture is
     refused with a RuntimeError that says how to build the extension).
     """
     device = torch.device(device)
@@ -262,7 +262,7 @@ _CPU_STREAMS = CpuStreams()
 # our draws, from any threads, never read the same position. One lock for all generators: the
 # step it guards takes about a microsecond on an offset generator (an uncontended acquire costs
 # ~0.05 us) and ~20 us on the mt19937 one. torch's own random ops hold the generator's C++ mutex,
-# which Python cannot take (README, "Threads and processes").
+# which Python cannot take (docs/random-numbers.md, "Threads and processes").
 POSITION_LOCK = threading.Lock()
 
 

@@ -7,7 +7,7 @@ The RL case where a step is bound by per-call cost, not bandwidth (batch 256, ac
 Each with ``torch.distributions.Normal`` and with ``torchdist_fast.Normal`` (ours uses the fused
 ``rsample_and_log_prob`` / ``sample_and_log_prob``), in eager mode, under ``torch.compile``, and
 (CUDA) under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs: ours needs the CUDA backend
-extension for graph-safe draws, see README "CUDA graphs"). A column that fails says why in the
+extension for graph-safe draws, see docs/compile.md). A column that fails says why in the
 table instead of a number. Compile warm-up is excluded; timing ends with a device sync.
 """
 from __future__ import annotations

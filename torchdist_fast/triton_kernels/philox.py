@@ -1,6 +1,6 @@
 """Philox4x32-10 stream in Triton: the device twin of ``reference.philox_normals``.
 
-Stream layout: see ``torchdist_fast/reference.py`` (module docstring) and README "Random numbers".
+Stream layout: see ``torchdist_fast/reference.py`` (module docstring) and docs/random-numbers.md.
 """
 import torch
 import triton
