@@ -25,6 +25,9 @@ def _assert_refused(data, needle):
     summary = bench.summary_markdown(data, "x.json")
     assert "| log_prob | fwd |" in summary and "refused" in summary
     assert "REFUSED" in bench.format_table(data)
+    # the terminal summary says so in the x compile column
+    rows = [ln.split() for ln in bench.summary_text(data).splitlines() if ln.startswith("log_prob")]
+    assert len(rows) == 2 and all("refused" in row for row in rows)  # largest size; small batches
 
 
 def test_graph_break_is_refused(monkeypatch):

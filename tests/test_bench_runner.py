@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ RESULT_KEYS = {
     "ops_per_call", "ops_per_call_kind", "host_syncs", "host_s", "wall_s", "host_bound", "host_ratio_vs_eager", "extra",
 }
 QUICK = (2**0, 2**12, 2**16)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_cli(*args, timeout=170):
@@ -39,11 +41,32 @@ def test_quick_mode_runs(quick_run):
     assert "x eager" in res.stdout and "torchdist_fast" in res.stdout
 
 
+def test_quick_run_leads_with_its_answer(quick_run):
+    """The terminal gets the summary and the paths, in at most 40 lines, and no profiler noise
+    (kineto's USDT profiler_start / profiler_stop lines) on stdout or stderr."""
+    res, out, _ = quick_run
+    lines = res.stdout.splitlines()
+    assert len(lines) <= 40, res.stdout
+    assert not any("USDT" in ln or "profiler_st" in ln for ln in (res.stdout + res.stderr).splitlines())
+    assert lines[3].startswith("cpu, float32, N = 2^16: median time per call")  # the answer comes first
+    for op, mode in bench.combos():
+        assert sum(1 for ln in lines if ln.split()[:2] == [op, mode]) == 2  # largest size; small batches
+    assert any(ln.startswith("cpu, float32, small batches: host time per call") for ln in lines)
+    written = {ln.split(":", 1)[0]: ln.split(":", 1)[1].strip() for ln in lines[-3:]}
+    assert list(written) == ["full table", "JSON", "plot"]
+    assert all(os.path.exists(path) and os.path.dirname(path) == str(out) for path in written.values())
+    assert "| device | dtype | op | mode |" not in res.stdout  # the full table goes to the file (--table prints it)
+
+
 def test_json_schema_and_plot(quick_run):
     _, out, _ = quick_run
     jsons = list(out.glob("*.json"))
     pngs = list(out.glob("*.png"))
-    assert len(jsons) == 1 and len(pngs) == 1
+    tables = list(out.glob("*.md"))
+    assert len(jsons) == 1 and len(pngs) == 1 and len(tables) == 1
+    table = tables[0].read_text()
+    assert "| device | dtype | op | mode | size | impl | median | x eager | x compile |" in table
+    assert f"`{jsons[0].name}`" in table and "Small batches (cpu, float32)" in table
     assert pngs[0].stat().st_size > 10_000 and pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(jsons[0].read_text())
     assert data["schema_version"] == bench.SCHEMA_VERSION
@@ -135,11 +158,10 @@ def test_cli_rejects_out_that_is_a_file(tmp_path):
 
 
 def test_pytest_benchmark_suite_runs():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     res = subprocess.run(
-        [sys.executable, "-m", "pytest", os.path.join(root, "benchmarks"), "-q", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", os.path.join(ROOT, "benchmarks"), "-q", "-p", "no:cacheprovider",
          "--benchmark-disable", "-k", "cpu-4096 and rsample_and_log_prob and fwd+bwd"],
-        capture_output=True, text=True, timeout=300, cwd=root,
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "3 passed" in res.stdout
@@ -185,6 +207,44 @@ def test_gpu_small_batch_summary_columns():
     assert "Small batches (cuda, float32)" in text and "host-bound (eager / compile / ours)" in text
     assert "| sample | fwd | 2^6 | 40.0 us | 20.0 us | 10.0 us | 0.25 | 0.50 | 42.0 us / 21.0 us / 13.0 us | host / host / GPU |" in text
     assert "HOST" in bench.format_table(data)
+    text = bench.summary_text(data)  # the terminal's: our host time and how many times faster (eager / ours)
+    assert "cuda, float32, small batches: host time per call of torchdist_fast (the time a call takes to return)" in text
+    assert [ln.split() for ln in text.splitlines() if ln.startswith("sample")] == [
+        ["sample", "fwd", "10.0", "us", "10.0", "us", "10.0", "us", "1.00", "1.00"],
+        ["sample", "fwd", "10.0", "us", "4.00", "2.00"]]
+
+
+def test_docs_show_the_terminal_summary_of_the_recorded_run():
+    recorded = sorted((ROOT / "benchmarks" / "results").glob("results-*.json"))[-1]
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert f"```text\n{bench.summary_text(json.loads(recorded.read_text()))}```" in page
+
+
+def test_small_batch_sizes_are_at_most_three():
+    assert bench.small_batch_sizes([2**k for k in range(0, 25, 2)]) == [2**0, 2**6, 2**12]
+    assert bench.small_batch_sizes([2**0, 2**12, 2**16]) == [2**0, 2**12]
+    assert bench.small_batch_sizes([2**20]) == []
+
+
+def test_plot_shows_speedup_panels(tmp_path, monkeypatch):
+    """One panel per op and mode, speedup over eager and over compile against size, the device and
+    versions in the title (the recorded run; matplotlib draws into a figure we inspect)."""
+    import matplotlib.pyplot as plt
+
+    recorded = sorted((ROOT / "benchmarks" / "results").glob("results-*.json"))[-1]
+    data = json.loads(recorded.read_text())
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    bench.plot(data, str(tmp_path / "p.png"))
+    (fig,) = figures
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == [f"{op} {mode} (cpu, float32)" for op, mode in bench.combos()]
+    assert [ln.get_label() for ln in panels[0].get_lines()[:2]] == ["torchdist_fast vs eager", "torchdist_fast vs torch.compile"]
+    ours = next(r for r in data["results"] if (r["op"], r["mode"], r["size"], r["impl"]) == ("sample", "fwd", 2**24, "torchdist_fast"))
+    assert panels[0].get_lines()[0].get_ydata()[-1] == ours["ratio_vs_eager"]
+    title = fig._suptitle.get_text()
+    assert data["environment"]["devices"]["cpu"] in title and f"torch {data['environment']['torch']}" in title
+    assert (tmp_path / "p.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize("op", bench.FAMILY_OPS)

@@ -6,8 +6,11 @@ torch.distributions.Normal eager, the same code under torch.compile, and torchdi
 for sample, rsample, log_prob and rsample_and_log_prob, forward and forward+backward (``--op-modes``
 picks rows, e.g. ``randn:fwd``: torch.randn against torchdist_fast.randn), over sizes
 (2^0..2^24 on CPU, 2^0..2^28 on a GPU; the sizes up to 2^12 are the small-batch rows, where the
-host time per call decides). Prints a table and writes JSON and a PNG plot. A torch.compile row
-that did not run compiled code (fallback, graph break, recompile) is refused, not reported.
+host time per call decides). Prints the answer first (each op and mode at the largest size: median
+time, how many times faster than eager and than torch.compile; the host time per call at the small
+sizes), then where it wrote the full table (Markdown), the JSON and the plot (speedup against size).
+A torch.compile row that did not run compiled code (fallback, graph break, recompile) is refused,
+not reported.
 """
 from __future__ import annotations
 
@@ -96,7 +99,8 @@ def main(argv=None) -> int:
                         help="exactly these rows instead of --ops x --modes, e.g. randn:fwd log_prob:fwd+bwd")
     parser.add_argument("--repeats", type=int, help="timed calls per measurement (default by size)")
     parser.add_argument("--quick", action="store_true", help="a few small sizes: a smoke run in about a minute")
-    parser.add_argument("--out", default="out", help="folder for the JSON and PNG (default ./out)")
+    parser.add_argument("--out", default="out", help="folder for the full table (.md), the JSON and the plot (.png) (default ./out)")
+    parser.add_argument("--table", action="store_true", help="also print the full table (every row, every column)")
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -122,17 +126,22 @@ def main(argv=None) -> int:
         print(f"{d}: {env['devices'][d]} | {_stream_check(d)}")
     data = bench.run(devices, args.dtypes, sizes, tuple(args.ops), tuple(args.modes), repeats, progress=_progress,
                      op_modes=args.op_modes)
-    print(bench.format_table(data))
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    json_path, png_path = bench.write_outputs(data, args.out, f"results-{'-'.join(devices)}-{stamp}")
+    print()
+    print(bench.summary_text(data), end="")
+    if args.table:
+        print(f"\n{bench.format_table(data)}\n")
     warm = [r["compile_warmup_s"] for r in data["results"] if r["compile_warmup_s"]]
     if warm:
         print(f"torch.compile warm-up (excluded from the timings): {sum(warm):.1f} s over {len(warm)} first calls")
     if data["refused"]:
-        print(f"torch.compile rows refused (fallback, graph break or recompile; not reported): {len(data['refused'])}")
-        for r in data["refused"]:
-            print(f"  {r['device']} {r['dtype']} {r['op']} {r['mode']} {r['size']}: {r['reason']}")
-    print(f"wrote {json_path} and {png_path}")
+        reasons = list(dict.fromkeys(r["reason"] for r in data["refused"]))
+        print(f"torch.compile rows refused (fallback, graph break or recompile; not reported): {len(data['refused'])}, "
+              f"{len(reasons)} reason(s), e.g. {reasons[0]}")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    paths = bench.write_outputs(data, args.out, f"results-{'-'.join(devices)}-{stamp}")
+    print(f"full table: {paths['table']}")
+    print(f"JSON:       {paths['json']}")
+    print(f"plot:       {paths['plot']}")
     return 0
 
 

@@ -18,7 +18,7 @@ compiled with ``fullgraph=True`` after ``torch._dynamo.reset()``, with
 ``fail_on_recompile_limit_hit``; the backward is the compiled graph's (AOTAutograd), taken with
 ``torch.autograd.grad`` outside the compiled function, as in a training step. A compile row is
 only reported when dynamo compiled the forward in one graph, compiled nothing new during the
-timed calls, and the profiler saw the compiled region run (``CompileGuard``); otherwise the row
+timed calls, and a call was seen running the compiled code (``CompileGuard``); otherwise the row
 is refused and listed in ``refused`` with the reason, so the column never shows eager code.
 Bytes that must move are counted per element (see ``BYTES_PER_ELEMENT``) and divided by the
 median time; on a GPU this is also given as a share of the device-to-device copy rate measured
@@ -223,14 +223,23 @@ class CompileGuard:
             raise CompileRefused("dynamo compiled no graph (the call ran eager code)")
 
     def check_ran_compiled(self, args) -> None:
-        """Profile one call: the compiled region, and its compiled backward for fwd+bwd, must run."""
-        from torch.profiler import ProfilerActivity, profile
+        """Run one call and see dynamo find compiled code for it: its guard check must end in a
+        cache hit (dynamo's guard-complete hook; no profiler, which prints on stderr)."""
+        from torch._C._dynamo.eval_frame import set_guard_complete_hook
 
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        cache_hits = []
+
+        def on_guards_checked(cache_hit: bool) -> bool:
+            cache_hits.append(cache_hit)
+            return cache_hit  # True: run the cached compiled code (dynamo's own choice, unchanged)
+
+        previous = set_guard_complete_hook(on_guards_checked)
+        try:
             self.work(*args)
-        names = {e.name for e in prof.events()}
-        if not any(n.startswith("Torch-Compiled Region") for n in names):
-            raise CompileRefused("the profiler saw no compiled region run (eager code)")
+        finally:
+            set_guard_complete_hook(previous)
+        if not any(cache_hits):
+            raise CompileRefused("dynamo ran no compiled code for the call (eager code)")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -351,10 +360,14 @@ def saved_bytes_per_element(fn, args, n: int) -> float:
 
 
 def ops_per_call(fn, args, device: str):
-    """CUDA: kernels launched (profiler). CPU: aten/custom ops dispatched (not for compiled code)."""
+    """CUDA: kernels launched (the profiler's CUDA activity). CPU: aten/custom ops dispatched
+    (a TorchDispatchMode; not for compiled code)."""
     if device == "cuda":
         from torch.profiler import ProfilerActivity, profile
 
+        # kineto logs every profiler start and stop on stderr at its USDT level (5, above ERROR);
+        # level 6 silences it (read when the profiler first starts; a level the user set wins)
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
         _sync(device)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn(*args)
@@ -532,8 +545,8 @@ def run(devices, dtypes, sizes_by_device, ops=OPS, modes=MODES, repeats=None, pr
                 if bar:
                     bar(labels[impl])
             for res in row.values():
-                res.ratio_vs_eager = row["eager"].median_s / res.median_s
-                res.ratio_vs_compile = row["compile"].median_s / res.median_s if "compile" in row else None
+                res.ratio_vs_eager = speedup(row["eager"].median_s, res.median_s)
+                res.ratio_vs_compile = speedup(row["compile"].median_s, res.median_s) if "compile" in row else None
                 res.host_ratio_vs_eager = res.host_s / row["eager"].host_s
                 results.append(res)
     return {
@@ -657,9 +670,29 @@ def _pow2(n: int) -> str:
     return f"2^{n.bit_length() - 1}" if n > 0 and n & (n - 1) == 0 else str(n)
 
 
+def speedup(baseline_s: float, ours_s: float) -> float:
+    """How many times faster than the baseline (> 1: faster): the "x eager" / "x compile" of every
+    table, the JSON's ``ratio_vs_eager`` / ``ratio_vs_compile`` and the plot."""
+    return baseline_s / ours_s
+
+
+def _aligned(header: list, rows: list) -> list:
+    """A plain-text table for the terminal: columns padded to their widest cell."""
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    return ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+
+
+def _markdown(header: list, rows: list) -> list:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+TABLE_COLUMNS = ["device", "dtype", "op", "mode", "size", "impl", "median", "x eager", "x compile", "GB/s", "% copy",
+                 "host/call", "wall/call", "host-bound", "saved B/el", "ops/call", "syncs", "compile warm-up"]
+
+
 def format_table(data: dict) -> str:
-    cols = ["device", "dtype", "op", "mode", "size", "impl", "median", "x eager", "x compile", "GB/s",
-            "% copy", "host/call", "wall/call", "host-bound", "saved B/el", "ops/call", "syncs", "compile warm-up"]
+    """Every row of a run (and every refused compile row) as a Markdown table; the columns are
+    explained in benchmarks/README.md."""
     rows = []
     for r in data["results"]:
         rows.append([
@@ -676,51 +709,162 @@ def format_table(data: dict) -> str:
         ])
     for r in data.get("refused", []):
         rows.append([r["device"], r["dtype"], r["op"], r["mode"], _pow2(r["size"]), "compile",
-                     "REFUSED: " + r["reason"][:60]] + ["-"] * (len(cols) - 7))
-    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths))  # noqa: E731
-    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])
+                     "REFUSED: " + r["reason"].replace("|", "/")] + ["-"] * (len(TABLE_COLUMNS) - 7))
+    return "\n".join(_markdown(TABLE_COLUMNS, rows))
+
+
+def small_batch_sizes(sizes) -> list:
+    """The small-batch sizes a summary shows: the run's sizes up to LATENCY_MAX_SIZE, thinned to
+    the smallest, the middle and the largest when there are more than three."""
+    small = sorted(s for s in set(sizes) if s <= LATENCY_MAX_SIZE)
+    return small if len(small) <= 3 else [small[0], small[len(small) // 2], small[-1]]
+
+
+def _groups(data: dict):
+    """(device, dtype, its rows) in the order of the run."""
+    for device, dtype in dict.fromkeys((r["device"], r["dtype"]) for r in data["results"]):
+        yield device, dtype, [r for r in data["results"] if (r["device"], r["dtype"]) == (device, dtype)]
+
+
+def _by_impl(rows, op, mode, size) -> dict:
+    return {r["impl"]: r for r in rows if (r["op"], r["mode"], r["size"]) == (op, mode, size)}
+
+
+# the other columns of ours (``implementations``), for the summary's footnote
+OTHER_COLUMNS = {
+    "torchdist_fast[philox]": 'torchdist_fast with cpu_sampling("philox"): the GPU\'s Philox stream, computed by the CPU reference',
+    "torchdist_fast[cuda]": 'torchdist_fast with gpu_kernel("cuda"): the hand-written CUDA C++ backend',
+}
+
+
+def _variant(impl: str) -> str:
+    """"torchdist_fast[philox]" -> "[philox]"."""
+    return impl[len("torchdist_fast"):]
+
+
+def summary_text(data: dict) -> str:
+    """The answer of a run, for the terminal: per device and dtype, each op and mode at the
+    largest size (median time per call of eager, torch.compile and ours, and how many times faster
+    ours is), then the host time per call of ours at the small sizes against eager's and compile's."""
+    refused = {(r["device"], r["dtype"], r["op"], r["mode"], r["size"]) for r in data.get("refused", [])}
+    out = []
+    for device, dtype, rows in _groups(data):
+        pairs = list(dict.fromkeys((r["op"], r["mode"]) for r in rows))
+        other_columns = [i for i in dict.fromkeys(r["impl"] for r in rows) if i.startswith("torchdist_fast[")]
+        size = max(r["size"] for r in rows)
+
+        def x_compile(o, c, key):  # ours against the compile row, or why there is none
+            if c is not None:
+                return _fmt_ratio(speedup(c[key], o[key]))
+            return "refused" if (device, dtype, o["op"], o["mode"], o["size"]) in refused else "-"
+
+        big = []
+        for op, mode in pairs:
+            by = _by_impl(rows, op, mode, size)
+            if "torchdist_fast" not in by:
+                continue
+            e, c, o = by["eager"], by.get("compile"), by["torchdist_fast"]
+            big.append([op, mode, _fmt_time(e["median_s"]), _fmt_time(c["median_s"]) if c else "-", _fmt_time(o["median_s"]),
+                         _fmt_ratio(o["ratio_vs_eager"]), x_compile(o, c, "median_s")]
+                        + [_fmt_ratio(by[i]["ratio_vs_eager"]) if i in by else "-" for i in other_columns])
+        out.append(f"{device}, {dtype}, N = {_pow2(size)}: median time per call; x eager, x compile: "
+                   "how many times faster torchdist_fast is (> 1: faster)")
+        out += _aligned(["op", "mode", "eager", "compile", "torchdist_fast", "x eager", "x compile"]
+                        + [f"{_variant(i)} x eager" for i in other_columns], big)
+        small = small_batch_sizes(r["size"] for r in rows)
+        if small:
+            head, table = ["op", "mode"], []
+            for s in small:
+                head += [f"{_pow2(s)}: ours", "x eager", "x compile"]
+            for op, mode in pairs:
+                line = [op, mode]
+                for s in small:
+                    by = _by_impl(rows, op, mode, s)
+                    o, c = by.get("torchdist_fast"), by.get("compile")
+                    line += ["-"] * 3 if o is None else [_fmt_time(o["host_s"]), _fmt_ratio(speedup(by["eager"]["host_s"], o["host_s"])),
+                                                         x_compile(o, c, "host_s")]
+                table.append(line)
+            out.append("")
+            out.append(f"{device}, {dtype}, small batches: host time per call of torchdist_fast"
+                       + (" (a CPU call is synchronous: its whole time)" if device == "cpu" else " (the time a call takes to return)")
+                       + ", x eager, x compile")
+            out += _aligned(head, table)
+        for impl in other_columns:
+            out.append(f"{_variant(impl)}: {OTHER_COLUMNS.get(impl, impl)}")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
 
 
 def plot(data: dict, path: str) -> None:
+    """Speedup of torchdist_fast over eager and over torch.compile against size: one panel per
+    device, dtype, op and mode; the other columns of ours (philox, cuda) against eager, dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
 
-    keys = sorted({(r["device"], r["dtype"], r["op"], r["mode"]) for r in data["results"]})
+    keys = list(dict.fromkeys((r["device"], r["dtype"], r["op"], r["mode"]) for r in data["results"]))
     ncols = min(4, len(keys))
     nrows = math.ceil(len(keys) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.1 * nrows + 1.0), squeeze=False, layout="constrained")
     for ax, key in zip(axes.flat, keys):
         rows = [r for r in data["results"] if (r["device"], r["dtype"], r["op"], r["mode"]) == key]
-        for impl in dict.fromkeys(r["impl"] for r in rows):
-            pts = sorted((r["size"], r["median_s"]) for r in rows if r["impl"] == impl)
-            ax.loglog([p[0] for p in pts], [p[1] * 1e3 for p in pts], marker="o", ms=3, label=impl)
-        ax.set_title(" ".join(key), fontsize=9)
-        ax.set_xlabel("elements", fontsize=8)
-        ax.set_ylabel("median ms", fontsize=8)
-        ax.grid(True, which="both", alpha=0.3)
+        for impl in dict.fromkeys(r["impl"] for r in rows if r["impl"].startswith("torchdist_fast")):
+            mine = sorted((r for r in rows if r["impl"] == impl), key=lambda r: r["size"])
+            style = dict(marker="o", ms=3) if impl == "torchdist_fast" else dict(ls="--", lw=1, alpha=0.7)
+            ax.plot([r["size"] for r in mine], [r["ratio_vs_eager"] for r in mine], label=f"{impl} vs eager", **style)
+            if impl == "torchdist_fast":
+                compiled = [r for r in mine if r["ratio_vs_compile"] is not None]
+                ax.plot([r["size"] for r in compiled], [r["ratio_vs_compile"] for r in compiled], marker="s", ms=3,
+                        label=f"{impl} vs torch.compile")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(f"{key[2]} {key[3]} ({key[0]}, {key[1]})", fontsize=9)
+        ax.set_xlabel("N (elements)", fontsize=8)
+        ax.grid(True, which="major", alpha=0.3)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    legend = {}  # label -> line, over every panel (a panel may lack a line, e.g. all its compile rows refused)
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=len(legend), fontsize=8, frameon=False)
+    fig.supylabel("speedup: baseline time / ours (> 1: ours faster)", fontsize=9)
     env = data["environment"]
-    fig.suptitle(f"torchdist_fast vs torch.distributions — {', '.join(env['devices'].values())} — "
-                 f"torch {env['torch']}, triton {env['triton']}, {env['date'][:10]}", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"torchdist_fast speedup over torch.distributions eager and torch.compile — "
+                 f"{', '.join(f'{d}: {name}' for d, name in env['devices'].items())}\n"
+                 f"torch {env['torch']}, triton {env['triton']}, torchdist_fast {env.get('torchdist_fast', '?')}, "
+                 f"{env['date'][:10]}", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_outputs(data: dict, out_dir: str, stem: str) -> tuple[str, str]:
+def full_report_markdown(data: dict, json_name: str) -> str:
+    """The Markdown file beside the JSON: the summary (as in the README), then every row."""
+    env = data["environment"]
+    return (f"# torchdist_fast benchmark, {env['date']}\n\n"
+            f"torchdist_fast {env.get('torchdist_fast', '?')}, torch {env['torch']}, triton {env['triton']}, "
+            f"python {env['python']}; {', '.join(f'{d}: {name}' for d, name in env['devices'].items())}. "
+            f"Data: `{json_name}`; columns: benchmarks/README.md.\n\n## Summary\n\n"
+            + summary_markdown(data, json_name) + "\n## Every row\n\n" + format_table(data) + "\n")
+
+
+def write_outputs(data: dict, out_dir: str, stem: str) -> dict:
+    """{"table", "json", "plot"}: the paths of ``stem``.md (the full table), .json and .png in ``out_dir``."""
     os.makedirs(out_dir, exist_ok=True)
-    json_path = os.path.join(out_dir, f"{stem}.json")
-    png_path = os.path.join(out_dir, f"{stem}.png")
-    with open(json_path, "w") as f:
+    paths = {kind: os.path.join(out_dir, f"{stem}.{ext}") for kind, ext in (("table", "md"), ("json", "json"), ("plot", "png"))}
+    with open(paths["json"], "w") as f:
         json.dump(data, f, indent=1)
-    plot(data, png_path)
-    return json_path, png_path
+    with open(paths["table"], "w") as f:
+        f.write(full_report_markdown(data, os.path.basename(paths["json"])))
+    plot(data, paths["plot"])
+    return paths
 
 
 def print_and_save(text: str, result: dict, json_path: str | None) -> int:
@@ -733,13 +877,10 @@ def print_and_save(text: str, result: dict, json_path: str | None) -> int:
     return 0
 
 
-LATENCY_SUMMARY_SIZES = (2**0, 2**6, 2**12)
-
-
 def summary_markdown(data: dict, path_label: str) -> str:
-    """The README's summary: per device and dtype, the largest size of each op/mode (our column
+    """The benchmarks page's summary (docs/benchmarks.md): per device and dtype, the largest size of each op/mode (our column
     against eager and torch.compile), then the small-batch rows (host time per call).
-    Regenerated from a results file; a test keeps README and file equal."""
+    Regenerated from a results file; a test keeps the page and the file equal."""
     env = data["environment"]
     refused = {(r["device"], r["dtype"], r["op"], r["mode"], r["size"]): r["reason"] for r in data.get("refused", [])}
     lines = []
@@ -768,7 +909,7 @@ def summary_markdown(data: dict, path_label: str) -> str:
                              f"{_fmt_time(o['median_s'])} | {o['ratio_vs_eager']:.2f} | {_fmt_ratio(o['ratio_vs_compile'])} | "
                              f"{saved} | {philox} |")
             lines.append("")
-            small = [s for s in LATENCY_SUMMARY_SIZES if any(r["size"] == s for r in rows)]
+            small = small_batch_sizes(r["size"] for r in rows)
             if small:
                 gpu = device == "cuda"
                 lines.append(f"Small batches ({device}, {dtype}): host time per call"
@@ -803,7 +944,7 @@ def summary_markdown(data: dict, path_label: str) -> str:
 
 
 if __name__ == "__main__":
-    # python -m torchdist_fast.bench RESULTS.json: the README summary of a recorded run
+    # python -m torchdist_fast.bench RESULTS.json: the benchmarks page's summary of a recorded run
     if len(sys.argv) != 2:
         raise SystemExit("usage: python -m torchdist_fast.bench RESULTS.json")
     with open(sys.argv[1]) as f:
