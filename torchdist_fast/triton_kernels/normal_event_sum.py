@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from .layout import _broadcast_offset, broadcast_args, cdiv, launcher, next_power_of_2
+from .layout import broadcast_offset, broadcast_args, cdiv, launcher, next_power_of_2
 
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
 TILE = 2048  # elements per program and chunk: BLOCK_R * BLOCK_C
@@ -38,13 +38,13 @@ def _normal_event_sum_fwd_kernel(
         c = c0 + tl.arange(0, BLOCK_C)
         mask = row_mask[:, None] & (c < cols)[None, :]
         idx = r[:, None] * cols + c[None, :]
-        scale = tl.load(scale_ptr + _broadcast_offset(idx, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3),
+        scale = tl.load(scale_ptr + broadcast_offset(idx, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3),
                         mask=mask, other=1.0).to(CDT)
         if ENTROPY:
             term = 0.5 + LOG_SQRT_2PI + tl.log(scale)
         else:
-            v = tl.load(value_ptr + _broadcast_offset(idx, s1, s2, s3, v_t0, v_t1, v_t2, v_t3), mask=mask, other=0.0).to(CDT)
-            loc = tl.load(loc_ptr + _broadcast_offset(idx, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3),
+            v = tl.load(value_ptr + broadcast_offset(idx, s1, s2, s3, v_t0, v_t1, v_t2, v_t3), mask=mask, other=0.0).to(CDT)
+            loc = tl.load(loc_ptr + broadcast_offset(idx, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3),
                           mask=mask, other=0.0).to(CDT)
             y = (v - loc) / scale
             term = -0.5 * y * y - (tl.log(scale) + LOG_SQRT_2PI)
