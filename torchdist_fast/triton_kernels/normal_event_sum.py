@@ -87,3 +87,24 @@ def normal_log_prob_sum_fwd(value, loc, scale, event_dims: int):
 def normal_entropy_sum_fwd(scale, event_dims: int):
     # value and loc are never loaded in the entropy variant: scale stands in for them
     return _launch(tuple(scale.shape), event_dims, scale.dtype, scale.device, scale, scale, scale, entropy=True)
+
+
+# The kernel inventory (``inventory.py``): the kernel above, and calls of the launchers that
+# pick each of its variants (log_prob and entropy; a short event, a long one).
+KERNELS = ("_normal_event_sum_fwd_kernel",)
+EVENT_SHAPES = (("short event", (512, 8)), ("event of 256", (16, 256)))
+
+
+def _cases():
+    from .inventory import LaunchCase
+
+    out = []
+    for label, shape in EVENT_SHAPES:
+        out.append(LaunchCase(f"log_prob {label}", lambda dt, shape=shape: normal_log_prob_sum_fwd(
+            torch.empty(shape, dtype=dt), torch.empty(shape, dtype=dt), torch.empty(shape, dtype=dt), 1)))
+        out.append(LaunchCase(f"entropy {label}", lambda dt, shape=shape: normal_entropy_sum_fwd(
+            torch.empty(shape, dtype=dt), 1)))
+    return tuple(out)
+
+
+LAUNCH_CASES = _cases()

@@ -134,3 +134,25 @@ def normal_kl_bwd(grad, p_loc, p_scale, q_loc, q_scale, output_mask):
                 NEED_PL=need[0], NEED_PS=need[1], NEED_QL=need[2], NEED_QS=need[3],
             )
     return tuple(None if b is None else reduce_to(b, t.shape).to(t.dtype) for b, t in zip(bufs, params))
+
+
+# The kernel inventory (``inventory.py``): the kernels above, and calls of the launchers that
+# pick each of their variants (operand kinds: every parameter a tensor; the prior Normal(0, 1) as q).
+KERNELS = ("_normal_kl_fwd_kernel", "_normal_kl_bwd_kernel")
+
+
+def _cases():
+    from .inventory import LaunchCase
+
+    def params(dt, kinds):
+        return [None if k == ABSENT else torch.empty(() if k == SCALAR else (4096,), dtype=dt) for k in kinds]
+
+    out = []
+    for label, kinds in (("tensors", (TENSOR,) * 4), ("prior q", (TENSOR, TENSOR, ABSENT, ABSENT))):
+        out.append(LaunchCase(f"fwd {label}", lambda dt, kinds=kinds: normal_kl_fwd((4096,), dt, "cpu", *params(dt, kinds))))
+        out.append(LaunchCase(f"bwd {label}", lambda dt, kinds=kinds: normal_kl_bwd(torch.empty((4096,), dtype=dt),
+                                                                                    *params(dt, kinds), (True,) * 4)))
+    return tuple(out)
+
+
+LAUNCH_CASES = _cases()

@@ -175,3 +175,37 @@ def normal_log_prob_bwd(grad, value, loc, scale, output_mask):
                 LOC_SCALAR=loc.numel() == 1, SCALE_SCALAR=scale.numel() == 1,
             )
     return tuple(None if b is None else reduce_to(b, t.shape).to(t.dtype) for b, t in zip(bufs, inputs))
+
+
+# The kernel inventory (``inventory.py``): the kernels above, and calls of the launchers that
+# pick each of their variants (value full; loc/scale in the broadcast patterns of normal_rsample).
+KERNELS = ("_normal_log_prob_fwd_kernel", "_normal_log_prob_bwd_kernel", "_normal_log_prob_fwd_2d_kernel",
+           "_normal_log_prob_bwd_2d_kernel")
+
+
+def _cases():
+    from .inventory import LaunchCase
+    from .normal_rsample import PATTERNS
+
+    def shapes(loc_shape, scale_shape, sample_shape):
+        return tuple(sample_shape) + tuple(torch.broadcast_shapes(loc_shape, scale_shape)), loc_shape, scale_shape
+
+    def fwd(*pattern):
+        shape, loc, scale = shapes(*pattern)
+        return lambda dt: normal_log_prob_fwd(torch.empty(shape, dtype=dt), torch.empty(loc, dtype=dt),
+                                              torch.empty(scale, dtype=dt))
+
+    def bwd(*pattern, mask):
+        shape, loc, scale = shapes(*pattern)
+        return lambda dt: normal_log_prob_bwd(torch.empty(shape, dtype=dt), torch.empty(shape, dtype=dt),
+                                              torch.empty(loc, dtype=dt), torch.empty(scale, dtype=dt), mask)
+
+    out = []
+    for label, *pattern in PATTERNS:
+        out.append(LaunchCase(f"fwd {label}", fwd(*pattern)))
+        for mask in ((True, True, True),):
+            out.append(LaunchCase(f"bwd {'value+' if mask[0] else ''}loc+scale {label}", bwd(*pattern, mask=mask)))
+    return tuple(out)
+
+
+LAUNCH_CASES = _cases()

@@ -214,3 +214,44 @@ def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int, pos
                 SCALE_SCALAR=scale.numel() == 1, FAST_MATH=fast_math(grad_scale),
             )
     return reduce_to(grad_scale, scale.shape).to(scale.dtype)
+
+
+# The kernel inventory (``inventory.py``): the kernels above, and calls of the launchers that
+# pick each of their variants (1-D: scalar / full parameters; 2-D tiles: the row and column
+# broadcast patterns).
+KERNELS = ("_normal_rsample_fwd_kernel", "_normal_rsample_bwd_kernel", "_normal_rsample_fwd_2d_kernel",
+           "_normal_rsample_bwd_2d_kernel")
+# (label, loc shape, scale shape, sample shape)
+PATTERNS = (
+    ("scalar", (), (), (4096,)),
+    ("contiguous", (4096,), (4096,), ()),
+    ("row", (768,), (768,), (4,)),
+    ("column", (4, 1), (4, 256), ()),
+)
+
+
+def _cases():
+    from .inventory import LaunchCase
+
+    def fwd(loc_shape, scale_shape, sample_shape, with_log_prob):
+        return lambda dt: normal_rsample_fwd(torch.empty(loc_shape, dtype=dt), torch.empty(scale_shape, dtype=dt),
+                                             sample_shape, 1, 2, with_log_prob)
+
+    def bwd(loc_shape, scale_shape, sample_shape, grads):
+        def run(dt):
+            shape = tuple(sample_shape) + tuple(torch.broadcast_shapes(loc_shape, scale_shape))
+            gz, glp = (torch.empty(shape, dtype=dt) if g else None for g in grads)
+            return normal_rsample_bwd(gz, glp, torch.empty(scale_shape, dtype=dt), 1, 2)
+        return run
+
+    out = []
+    for label, loc, scale, sample in PATTERNS:
+        for lp in (False, True):
+            out.append(LaunchCase(f"fwd{'+log_prob' if lp else ''} {label}", fwd(loc, scale, sample, lp)))
+        for grads in ((True, False), (True, True)):
+            out.append(LaunchCase(f"bwd {'z' if grads[0] else ''}{'+log_prob' if grads[1] else ''} {label}",
+                                  bwd(loc, scale, sample, grads)))
+    return tuple(out)
+
+
+LAUNCH_CASES = _cases()

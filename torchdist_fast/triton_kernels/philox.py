@@ -276,3 +276,23 @@ def box_muller_words(words: torch.Tensor) -> torch.Tensor:
     if n:
         launcher(_box_muller_words_kernel, out)[(cdiv(n, 1024),)](words, out, n, BLOCK=1024, FAST_MATH=fast_math(out))
     return out
+
+
+# The kernel inventory (``inventory.py``): the kernels above, and calls of the launchers that
+# pick each of their variants.
+KERNELS = ("_philox_randn_kernel", "_philox_words_kernel", "_box_muller_words_kernel")
+
+
+def _cases():
+    from .inventory import LaunchCase
+
+    return (
+        LaunchCase("randn", lambda dt: philox_randn((4096,), 1, 2, dt, "cpu")),
+        LaunchCase("randn N+3 (bulk and tail)", lambda dt: philox_randn((4099,), 1, 2, dt, "cpu")),
+        LaunchCase("words", lambda dt: philox_words(300, 1, 2), dtypes=("fp32",)),  # int64 words: no float dtype
+        LaunchCase("box_muller_words", lambda dt: box_muller_words(torch.zeros((300, 2), dtype=torch.int64)),
+                   dtypes=("fp32",)),
+    )
+
+
+LAUNCH_CASES = _cases()

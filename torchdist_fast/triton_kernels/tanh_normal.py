@@ -223,3 +223,31 @@ def tanh_normal_bwd(grad_a, grad_lp, loc, scale, full_shape, event_dims, half, s
            
         )
     return tuple(None if b is None else reduce_to(b, t.shape).to(t.dtype) for b, t in zip(bufs, (loc, scale)))
+
+
+# The kernel inventory (``inventory.py``): the kernels above, and calls of the launchers that
+# pick each of their variants.
+KERNELS = ("_tanh_normal_fwd_kernel", "_tanh_normal_bwd_kernel")
+
+
+def _cases():
+    from .inventory import LaunchCase
+
+    def t(shape, dt):
+        return torch.empty(shape, dtype=dt)
+
+    out = []
+    # (label, shape, event dims, squash): SAC's tanh policy with and without event dims, and the plain
+    # Normal's fused rsample + event-summed log_prob (Independent)
+    for label, shape, event_dims, squash in (("tanh, no event dims", (4096,), 0, True),
+                                             ("tanh, action of 8", (512, 8), 1, True),
+                                             ("plain, event of 8", (512, 8), 1, False)):
+        batch = shape[: len(shape) - event_dims]
+        out.append(LaunchCase(f"fwd+log_prob {label}", lambda dt, shape=shape, e=event_dims, sq=squash: tanh_normal_fwd(
+            t(shape, dt), t(shape, dt), shape, e, 0.0, 1.0, 1, 2, True, squash=sq)))
+        out.append(LaunchCase(f"bwd {label}", lambda dt, shape=shape, batch=batch, e=event_dims, sq=squash: tanh_normal_bwd(
+            t(shape, dt), t(batch, dt), t(shape, dt), t(shape, dt), shape, e, 1.0, 1, 2, (True, True), squash=sq)))
+    return tuple(out)
+
+
+LAUNCH_CASES = _cases()
