@@ -1,9 +1,11 @@
 """Ahead-of-time compile check: every Triton kernel of the package for real GPU targets, no GPU.
 
-``python -m torchdist_fast.aot`` compiles each kernel for sm_80 and sm_90 with
-``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))`` for every dtype, in two
-specializations: the generic broadcast layout and the contiguous one Triton picks at run time
-(inner sizes s1..s3 and the strides of dim 0 equal to 1 become constants, numel % 16 == 0). It prints registers, spill
+``python -m torchdist_fast.aot`` compiles every kernel of the kernel inventory
+(``triton_kernels/inventory.py``) in every variant its launchers pick (dtype, constexprs, num_warps)
+for sm_80 and sm_90 with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))``; the
+1-D elementwise kernels in two specializations: the generic broadcast layout and the contiguous one
+Triton picks at run time (inner sizes s1..s3 and the strides of dim 0 equal to 1 become constants,
+numel % 16 == 0); the others in the generic one. Its last line counts kernels, variants and compiles. It prints registers, spill
 bytes (``ptxas -v``) and the vector width of global loads/stores from the PTX, and exits 1 on any compile error. The
 interpreter accepts code that the compiler rejects; this is what catches it.
 
