@@ -33,13 +33,13 @@ def test_eager_call_makes_no_position_tensor_and_reads_none_back(monkeypatch):
         monkeypatch.setattr(rng, "pack_seed_offset", _no("pack_seed_offset"))
         monkeypatch.setattr(rng, "unpack_seed_offset", _no("unpack_seed_offset"))
         monkeypatch.setattr(torch.Tensor, "tolist", _no("Tensor.tolist"))
-        misses = layout._tile_layout.cache_info().misses + layout._broadcast_layout.cache_info().misses
+        misses = layout.tile_layout_of.cache_info().misses + layout.broadcast_layout_of.cache_info().misses
         offset = gen.get_offset()
         for _ in range(3):
             z, lp = d.rsample_and_log_prob()
             d.rsample()
             (z.sum() + lp.sum()).backward()
-        assert layout._tile_layout.cache_info().misses + layout._broadcast_layout.cache_info().misses == misses
+        assert layout.tile_layout_of.cache_info().misses + layout.broadcast_layout_of.cache_info().misses == misses
         assert gen.get_offset() == offset + 6 * rng.advance(256 * 8 // 4)  # the generator still moves on
 
 

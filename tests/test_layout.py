@@ -8,12 +8,12 @@ if INTERPRET:
     import triton
     import triton.language as tl
 
-    from torchdist_fast.triton_kernels.layout import _broadcast_offset
+    from torchdist_fast.triton_kernels.layout import broadcast_offset
 
     @triton.jit
     def _offset_probe(out_ptr, base, s1, s2, s3, t0, t1, t2, t3, BLOCK: tl.constexpr):
         idx = base + tl.arange(0, BLOCK).to(tl.int64)
-        tl.store(out_ptr + tl.arange(0, BLOCK), _broadcast_offset(idx, s1, s2, s3, t0, t1, t2, t3))
+        tl.store(out_ptr + tl.arange(0, BLOCK), broadcast_offset(idx, s1, s2, s3, t0, t1, t2, t3))
 
 
 def test_coalesce_merges_contiguous_dims_and_drops_size_one():

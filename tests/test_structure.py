@@ -23,9 +23,6 @@ LAYERS = [
 ]
 TOOLING = {"aot", "bench", "cost_model", "device_copy", "gpu_check", "gpu_check_pytest", "gpu_estimate", "gpu_plan",
            "gpu_workloads", "headline", "host_overhead", "step_rate", "__main__", "examples"}
-# Not yet clean: the Triton kernels' jit helpers are imported across triton_kernels modules under
-# underscored names (issue 20, item 5 renames them with the kernel inventory).
-UNDERSCORE_EXCEPTIONS = {"torchdist_fast.triton_kernels"}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -114,8 +111,6 @@ def test_the_cycle_check_finds_a_circle():
 def test_no_underscored_name_imported_from_another_module():
     found = []
     for name, path in _modules().items():
-        if any(name == e or name.startswith(e + ".") for e in UNDERSCORE_EXCEPTIONS):
-            continue
         for module, names, _ in _imports(name, path):
             if module.startswith("torchdist_fast"):
                 # a package's private submodule (examples/_common.py) is the package's own business

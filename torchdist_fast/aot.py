@@ -1,9 +1,11 @@
 """Ahead-of-time compile check: every Triton kernel of the package for real GPU targets, no GPU.
 
-``python -m torchdist_fast.aot`` compiles each kernel for sm_80 and sm_90 with
-``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))`` for every dtype, in two
-specializations: the generic broadcast layout and the contiguous one Triton picks at run time
-(inner sizes s1..s3 and the strides of dim 0 equal to 1 become constants, numel % 16 == 0). It prints registers, spill
+``python -m torchdist_fast.aot`` compiles every kernel of the kernel inventory
+(``triton_kernels/inventory.py``) in every variant its launchers pick (dtype, constexprs, num_warps)
+for sm_80 and sm_90 with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))``; the
+1-D elementwise kernels in two specializations: the generic broadcast layout and the contiguous one
+Triton picks at run time (inner sizes s1..s3 and the strides of dim 0 equal to 1 become constants,
+numel % 16 == 0); the others in the generic one. Its last line counts kernels, variants and compiles. It prints registers, spill
 bytes (``ptxas -v``) and the vector width of global loads/stores from the PTX, and exits 1 on any compile error. The
 interpreter accepts code that the compiler rejects; this is what catches it.
 
@@ -25,22 +27,16 @@ SEED_ARGS = ("seed_lo", "seed_hi", "offset_lo", "offset_hi", "position_in_memory
 
 
 def kernel_specs():
-    """(name, kernel, constexprs per variant) for every Triton kernel of the package."""
-    from .triton_kernels import normal_log_prob, normal_rsample, philox
+    """(name, kernel, [(dtype, constexprs, num_warps)] per variant) for every Triton kernel of the package: the
+    kernel inventory (``triton_kernels/inventory.py``), the variants the launchers pick, at their BLOCK sizes."""
+    from .triton_kernels import inventory
 
-    return [
-        ("philox_randn", philox._philox_randn_kernel, [{"BLOCK": 256}]),
-        ("philox_words", philox._philox_words_kernel, [{"BLOCK": 256}]),
-        ("normal_rsample_fwd", normal_rsample._normal_rsample_fwd_kernel,
-         [{"BLOCK": 256, "WITH_LOG_PROB": False}, {"BLOCK": 256, "WITH_LOG_PROB": True}]),
-        ("normal_rsample_bwd", normal_rsample._normal_rsample_bwd_kernel,
-         [{"BLOCK": 256, "HAS_GRAD_Z": True, "HAS_GRAD_LOG_PROB": True},
-          {"BLOCK": 256, "HAS_GRAD_Z": True, "HAS_GRAD_LOG_PROB": False}]),
-        ("normal_log_prob_fwd", normal_log_prob._normal_log_prob_fwd_kernel, [{"BLOCK": 1024}]),
-        ("normal_log_prob_bwd", normal_log_prob._normal_log_prob_bwd_kernel,
-         [{"BLOCK": 1024, "NEED_VALUE": False, "NEED_LOC": True, "NEED_SCALE": True},
-          {"BLOCK": 1024, "NEED_VALUE": True, "NEED_LOC": True, "NEED_SCALE": True}]),
-    ]
+    specs: dict = {}
+    for m, k in inventory.kernels():
+        specs[(m, k)] = (inventory.short_name(k), getattr(inventory.module(m), k), [])
+    for v in inventory.variants():
+        specs[(v.module, v.kernel)][2].append((v.dtype, dict(v.constexprs), v.num_warps))
+    return list(specs.values())
 
 
 def constexpr_names(kernel) -> list:
@@ -151,36 +147,47 @@ def compile_all(targets=TARGETS, dtypes=tuple(DTYPES.values()), verbose=True) ->
     from triton.compiler import ASTSource
 
     failures = []
-    for name, kernel, variants in kernel_specs():
-        for constexprs in variants:
-            for contiguous in (False, True):
-                for dtype in dtypes:
-                    if name == "philox_words" and dtype != "fp32":
-                        continue
-                    sig, consts, attrs = _signature(kernel, dtype, constexprs, contiguous)
-                    for cap in targets:
-                        label = f"{name} {dtype} sm_{cap} {'contig' if contiguous else 'strided'} " + \
-                            " ".join(f"{k}={v}" for k, v in with_default_flags(kernel, constexprs).items() if k != "BLOCK")
-                        t0 = time.perf_counter()
-                        try:
-                            src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
-                            compiled = triton.compile(src, target=GPUTarget("cuda", cap, 32))
-                        except Exception as exc:  # report every failure, not just the first
-                            failures.append(f"{label}: {type(exc).__name__}: {exc}")
-                            if verbose:
-                                print(f"FAIL {label}: {exc}", flush=True)
-                            continue
-                        try:
-                            usage = _ptxas_usage(compiled.asm["ptx"], cap)
-                        except Exception as exc:  # the register/spill check is part of the check
-                            failures.append(f"{label}: ptxas: {exc}")
-                            if verbose:
-                                print(f"FAIL {label}: ptxas: {exc}", flush=True)
-                            continue
+    specs = kernel_specs()
+    kernels = variants = compiles = 0
+    for name, kernel, kernel_variants in specs:
+        kernels += 1
+        # the 1-D elementwise kernels also in the contiguous specialization Triton picks at run time
+        # (the 2-D tile, event-sum and TanhNormal kernels: the generic form)
+        layouts = (False, True) if {"numel", "n_counters"} & set(kernel.arg_names) else (False,)
+        for dtype, constexprs, num_warps in kernel_variants:
+            if dtype not in dtypes:
+                continue
+            variants += 1
+            for contiguous in layouts:
+                sig, consts, attrs = _signature(kernel, dtype, constexprs, contiguous)
+                for cap in targets:
+                    label = f"{name} {dtype} sm_{cap} {'contig' if contiguous else 'strided'} " + \
+                        " ".join(f"{k}={v}" for k, v in with_default_flags(kernel, constexprs).items())
+                    t0 = time.perf_counter()
+                    compiles += 1
+                    try:
+                        src = ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs)
+                        compiled = triton.compile(src, target=GPUTarget("cuda", cap, 32), options={"num_warps": num_warps})
+                    except Exception as exc:  # report every failure, not just the first
+                        failures.append(f"{label}: {type(exc).__name__}: {exc}")
                         if verbose:
-                            print(f"ok   {label:60s} warps={compiled.metadata.num_warps} {usage} "
-                                  f"{_ptx_stats(compiled.asm['ptx'])} ({time.perf_counter() - t0:.2f}s)", flush=True)
+                            print(f"FAIL {label}: {exc}", flush=True)
+                        continue
+                    try:
+                        usage = _ptxas_usage(compiled.asm["ptx"], cap)
+                    except Exception as exc:  # the register/spill check is part of the check
+                        failures.append(f"{label}: ptxas: {exc}")
+                        if verbose:
+                            print(f"FAIL {label}: ptxas: {exc}", flush=True)
+                        continue
+                    if verbose:
+                        print(f"ok   {label:60s} warps={compiled.metadata.num_warps} {usage} "
+                              f"{_ptx_stats(compiled.asm['ptx'])} ({time.perf_counter() - t0:.2f}s)", flush=True)
+    COUNTS.update(kernels=kernels, variants=variants, compiles=compiles)
     return failures
+
+
+COUNTS: dict = {}  # of the last compile_all: kernels, variants (kernel x dtype x constexprs), compiles
 
 
 def main(argv=None) -> int:
@@ -191,9 +198,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     failures = compile_all(tuple(args.targets), tuple(DTYPES[d] for d in args.dtypes), verbose=not args.quiet)
     if failures:
-        print(f"{len(failures)} kernel variant(s) failed to compile", file=sys.stderr)
+        print(f"{len(failures)} of {COUNTS['compiles']} compiles failed ({COUNTS['kernels']} kernels, "
+              f"{COUNTS['variants']} variants)", file=sys.stderr)
         return 1
-    print(f"all kernels compiled (triton {_triton_version()})")
+    print(f"all kernels compiled: {COUNTS['kernels']} kernels, {COUNTS['variants']} variants, {COUNTS['compiles']} compiles "
+          f"(triton {_triton_version()})")
     return 0
 
 

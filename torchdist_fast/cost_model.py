@@ -71,8 +71,11 @@ def parse_sass(text: str):
     return out
 
 
-def hot_path(instrs):
-    """Instructions executed by one thread on the hot path (see the module docstring)."""
+def hot_path(instrs, enter_loops: bool = False):
+    """Instructions executed by one thread on the hot path (see the module docstring).
+
+    ``enter_loops``: a conditional forward branch that skips a loop (``_loop_guard``) is not taken,
+    so the loop body is counted once (kernels with a run-time trip count: the event sums)."""
     by_addr = {a: i for i, (a, *_rest) in enumerate(instrs)}
     path, i, seen = [], 0, set()
     while 0 <= i < len(instrs) and i not in seen:
@@ -89,14 +92,27 @@ def hot_path(instrs):
             target = re.search(r"0x([0-9a-f]+)", args)
             dest = by_addr.get(int(target.group(1), 16)) if target else None
             # unconditional: follow; conditional forward: taken (it skips a rare path, such as
-            # libdevice's slow argument reduction); conditional backward (a loop): not taken
-            if dest is not None and (not pred or dest > i):
+            # libdevice's slow argument reduction), unless it is a loop's guard and ``enter_loops``
+            # (the loop then runs once); conditional backward (a loop): not taken
+            if dest is not None and (not pred or (dest > i and not (enter_loops and _loop_guard(instrs, i, dest)))):
                 i = dest
                 continue
             if not pred:
                 break
         i += 1
     return path
+
+
+def _loop_guard(instrs, i: int, dest: int) -> bool:
+    """Whether the conditional branch ``i`` -> ``dest`` skips a loop: the last branch it skips is a
+    conditional one back into the skipped range (the event sums' column loop, whose trip count is a
+    run-time argument; its exit code may sit between the back edge and ``dest``)."""
+    for j in range(dest - 1, i, -1):
+        addr, pred, op, args = instrs[j]
+        if op.split(".")[0] in ("BRA", "EXIT", "RET", "CALL"):
+            target = re.search(r"0x([0-9a-f]+)", args) if op.split(".")[0] == "BRA" else None
+            return bool(pred and target and instrs[i][0] < int(target.group(1), 16) <= addr)
+    return False
 
 
 def classify(op: str) -> str:
@@ -195,23 +211,12 @@ class Launch:
     spills: int = -1
 
 
-@contextlib.contextmanager
 def captured_launches():
-    """Intercept ``JITFunction.run``: record (kernel, args, kwargs, grid) instead of launching."""
-    from triton.runtime.jit import JITFunction
+    """Intercept ``JITFunction.run``: record (kernel, args, kwargs, grid) instead of launching
+    (``triton_kernels.inventory.captured_launches``, which the kernel inventory also runs on)."""
+    from .triton_kernels.inventory import captured_launches as capture
 
-    calls = []
-    real_run = JITFunction.run
-
-    def fake_run(self, *args, grid, warmup, **kwargs):
-        calls.append((self, args, kwargs, grid))
-        return None
-
-    JITFunction.run = fake_run
-    try:
-        yield calls
-    finally:
-        JITFunction.run = real_run
+    return capture()
 
 
 _COMPILE_CACHE: dict = {}
@@ -252,10 +257,10 @@ def grid_programs(grid, bound_kwargs) -> int:
     return math.prod(int(g) for g in grid)
 
 
-def analyse_launch(fn, args, kwargs, grid, elements: int) -> Launch:
+def analyse_launch(fn, args, kwargs, grid, elements: int, enter_loops: bool = False) -> Launch:
     compiled = compile_launch(fn, args, kwargs)
     instrs = parse_sass(sass_of(compiled.asm["cubin"]))
-    path = hot_path(instrs)
+    path = hot_path(instrs, enter_loops)
     hot = {c: 0 for c in CLASSES}
     widths: dict = {}
     for _addr, _pred, op, _args in path:
@@ -279,6 +284,7 @@ class Variant:
     bytes_per_elem: float
     run: object        # callable that calls the launcher (under captured_launches)
     numel: int
+    enter_loops: bool = False  # the kernel loops a run-time number of times: count one trip (hot_path)
 
 
 def _variants(n: int, dtypes=("fp32", "fp64", "fp16", "bf16"), quick=False):
@@ -359,13 +365,15 @@ def _variants(n: int, dtypes=("fp32", "fp64", "fp16", "bf16"), quick=False):
 
 
 def _other_variants(n, dtypes, t, seed, offset):
-    """The other ops' kernels (KL, TanhNormal), float32 and bfloat16, in their common shapes.
+    """The other ops' kernels (KL, event sums, TanhNormal), float32 and bfloat16, in their common
+    shapes, and the stream-check kernels (``philox_words``, ``box_muller_words``).
 
-    Not modeled: the event-sum kernels (normal_event_sum.py), whose column loop has a trip
-    count the static hot path cannot know."""
+    The event sums are modeled with an event of 256 elements: one column block (``BLOCK_C`` = 256),
+    so the column loop runs once, and the hot path enters it (``enter_loops``) and does not take
+    its backward branch: what a thread executes."""
     import torch
 
-    from .triton_kernels import normal_kl, tanh_normal
+    from .triton_kernels import normal_event_sum, normal_kl, philox, tanh_normal
 
     out = []
     A = 8                         # an action dimension (TanhNormal: rows of A, event-summed log-prob)
@@ -374,13 +382,43 @@ def _other_variants(n, dtypes, t, seed, offset):
         tdt = getattr(torch, TORCH_DTYPE[dt])
         out.append(Variant(f"kl_fwd {dt} contiguous", "kl_fwd", dt, "contiguous", 5 * sz,
                            lambda dt=dt, tdt=tdt: normal_kl.normal_kl_fwd((n,), tdt, "cpu", t((n,), dt), t((n,), dt), t((n,), dt), t((n,), dt)), n))
+        # backward: grad and the four parameters read; the four element grads written (no reduction)
+        out.append(Variant(f"kl_bwd {dt} contiguous", "kl_bwd", dt, "contiguous", 9 * sz,
+                           lambda dt=dt: normal_kl.normal_kl_bwd(t((n,), dt), t((n,), dt), t((n,), dt), t((n,), dt),
+                                                                 t((n,), dt), (True,) * 4), n))
         out.append(Variant(f"tanh_normal_fwd+log_prob {dt} contiguous", "tanh_normal_fwd", dt, f"loc/scale [N/{A}, {A}]", 3 * sz + sz / A,
                            lambda dt=dt: tanh_normal.tanh_normal_fwd(t((n // A, A), dt), t((n // A, A), dt), (n // A, A), 1, 0.0, 1.0,
                                                                      seed, offset, True), n))
         out.append(Variant(f"tanh_normal_bwd {dt} contiguous", "tanh_normal_bwd", dt, f"loc/scale [N/{A}, {A}]", 5 * sz + sz / A,
                            lambda dt=dt: tanh_normal.tanh_normal_bwd(t((n // A, A), dt), t((n // A,), dt), t((n // A, A), dt),
                                                                      t((n // A, A), dt), (n // A, A), 1, 1.0, seed, offset, (True, True)), n))
+        E = 256                   # the event of the event sums: one column block
+        out.append(Variant(f"log_prob_sum {dt} [N/{E}, {E}]", "log_prob_sum", dt, f"value/loc/scale [N/{E}, {E}]",
+                           3 * sz + sz / E, lambda dt=dt: normal_event_sum.normal_log_prob_sum_fwd(
+                               t((n // E, E), dt), t((n // E, E), dt), t((n // E, E), dt), 1), n, enter_loops=True))
+        out.append(Variant(f"entropy_sum {dt} [N/{E}, {E}]", "entropy_sum", dt, f"scale [N/{E}, {E}]", sz + sz / E,
+                           lambda dt=dt: normal_event_sum.normal_entropy_sum_fwd(t((n // E, E), dt), 1), n, enter_loops=True))
+    if "fp32" in dtypes:
+        # the stream checks' kernels: four int64 words written per counter; an int64 word pair read and
+        # two float32 normals written per pair
+        out.append(Variant("philox_words", "philox_words", "fp32", "counters", 32,
+                           lambda: philox.philox_words(n // 4, seed, offset), n // 4))
+        out.append(Variant("box_muller_words fp32", "box_muller_words", "fp32", "word pairs", 24,
+                           lambda: philox.box_muller_words(torch.empty((n // 2, 2), dtype=torch.int64)), n // 2))
     return out
+
+
+def launched_kernels(n: int = 2**12, dtypes=("fp32", "fp64", "fp16", "bf16")) -> dict:
+    """{kernel name: [variant names]} of what the model's variants launch (captured, not compiled;
+    at a small ``n``: the kernels launched do not depend on it). Every kernel of the inventory
+    (``triton_kernels/inventory.py``) must appear: ``tests/test_cost_model.py``."""
+    found: dict = {}
+    for v in _variants(n, dtypes):
+        with force_fast_math(), captured_launches() as calls:
+            v.run()
+        for fn, *_rest in calls:
+            found.setdefault(fn.fn.__name__, []).append(v.name)
+    return found
 
 
 def force_fast_math():
@@ -403,7 +441,7 @@ def model_variant(v: Variant, efficiency=EFFICIENCY) -> dict:
     analysed = []
     elements_left = v.numel
     for idx, (fn, args, kwargs, grid) in enumerate(launches):
-        a = analyse_launch(fn, args, kwargs, grid, 0)
+        a = analyse_launch(fn, args, kwargs, grid, 0, v.enter_loops)
         per_prog = _elements_per_program(fn, kwargs, a, v)
         a.elements = min(elements_left, a.programs * per_prog) if idx < len(launches) - 1 else elements_left
         elements_left -= a.elements

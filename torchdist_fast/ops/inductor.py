@@ -18,7 +18,6 @@ by tests/test_torch_internals.py, which names the torch versions they were check
 from __future__ import annotations
 
 import contextlib
-import importlib
 
 import torch
 
@@ -152,17 +151,15 @@ def expose_kernels(op, kernel_modules: tuple) -> None:
 
 
 class _Kernels:
-    """The Triton kernels of some launcher modules, listed when first iterated (the package
+    """The Triton kernels of some launcher modules as the kernel inventory declares them (each
+    module's ``KERNELS``: ``triton_kernels/inventory.py``), listed when first iterated (the package
     imports without triton)."""
 
     def __init__(self, modules):
         self.modules = modules
 
     def __iter__(self):
+        from ..triton_kernels import inventory
         from ..triton_kernels.layout import traceable
 
-        found = []
-        for name in self.modules:
-            module = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.triton_kernels.{name}")
-            found += [traceable(v) for k, v in sorted(vars(module).items()) if k.endswith("_kernel") and hasattr(v, "fn")]
-        return iter(found)
+        return iter([traceable(k) for k in inventory.kernel_functions(self.modules)])

@@ -202,7 +202,7 @@ def _expanded_stride(out_shape, shape, stride) -> tuple:
 # Layouts are pure functions of shapes and strides, and the same few recur call after call (a
 # training loop): cached, they cost a dict lookup instead of ~20 us of Python per launch.
 @functools.lru_cache(maxsize=4096)
-def _broadcast_layout(out_shape: tuple, metas: tuple):
+def broadcast_layout_of(out_shape: tuple, metas: tuple):
     strides_list = [_expanded_stride(out_shape, shape, stride) for shape, stride in metas]
     merged = coalesce(out_shape, strides_list)
     if len(merged) > MAX_DIMS:
@@ -222,7 +222,7 @@ def broadcast_layout(out_shape, *tensors):
 
     Returns None when more than MAX_DIMS dimensions remain after coalescing.
     """
-    return _broadcast_layout(tuple(out_shape), _metas(tensors))
+    return broadcast_layout_of(tuple(out_shape), _metas(tensors))
 
 
 def broadcast_args(out_shape, *tensors):
@@ -248,7 +248,7 @@ def layout_args(layout) -> list:
 
 
 @triton.jit
-def _broadcast_offset(idx, s1, s2, s3, t0, t1, t2, t3):
+def broadcast_offset(idx, s1, s2, s3, t0, t1, t2, t3):
     """Element offset of flat output index ``idx`` in an operand with strides t0..t3."""
     i3 = idx % s3
     rest = idx // s3
@@ -257,6 +257,16 @@ def _broadcast_offset(idx, s1, s2, s3, t0, t1, t2, t3):
     i1 = rest % s1
     i0 = rest // s1
     return i0 * t0 + i1 * t1 + i2 * t2 + i3 * t3
+
+
+@triton.jit
+def flat_operand(ptr, idx, mask, other, SCALAR: tl.constexpr, s1, s2, s3, t0, t1, t2, t3):
+    """One operand at the output indices ``idx``: a single load when it is one element."""
+    if SCALAR:
+        x = tl.load(ptr)
+    else:
+        x = tl.load(ptr + broadcast_offset(idx, s1, s2, s3, t0, t1, t2, t3), mask=mask, other=other)
+    return x
 
 
 # Operand kinds of the 2-D (row x column) kernels: how an operand varies over an output tile.
@@ -275,12 +285,12 @@ def tile_layout(out_shape, *tensors, elements: int, need_d4: bool):
 
     Returns (R, D, [(kind, t0, t1) per tensor], BR, BC); the grid is ``tile_grid``.
     """
-    return _tile_layout(tuple(out_shape), _metas(tensors), elements, need_d4)
+    return tile_layout_of(tuple(out_shape), _metas(tensors), elements, need_d4)
 
 
 @functools.lru_cache(maxsize=4096)
-def _tile_layout(out_shape: tuple, metas: tuple, elements: int, need_d4: bool):
-    layout = _broadcast_layout(out_shape, metas)
+def tile_layout_of(out_shape: tuple, metas: tuple, elements: int, need_d4: bool):
+    layout = broadcast_layout_of(out_shape, metas)
     if layout is None:
         return None
     sizes, strides = layout
@@ -318,7 +328,7 @@ def needs_idx64(R, D, br, ops) -> bool:
 
 
 @triton.jit
-def _tile_operand(ptr, rows, cols, R, D, t0, t1, KIND: tl.constexpr, other):
+def tile_operand(ptr, rows, cols, R, D, t0, t1, KIND: tl.constexpr, other):
     """An operand over the tile rows x cols: scalar, [1, BC], [BR, 1] or [BR, BC]."""
     if KIND == 0:
         x = tl.load(ptr)
@@ -333,7 +343,7 @@ def _tile_operand(ptr, rows, cols, R, D, t0, t1, KIND: tl.constexpr, other):
 
 
 @triton.jit
-def _tile_coords(R, D, BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr):
+def tile_coords(R, D, BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr):
     """Rows, columns, flat output indices and mask of this program's tile: grid (row tiles, column tiles).
 
     Index arithmetic is 32-bit unless the output has 2**31 elements or more (IDX64)."""

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from .layout import _broadcast_offset, broadcast_args, cdiv, launcher, next_power_of_2
+from .layout import broadcast_offset, broadcast_args, cdiv, launcher, next_power_of_2
 
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
 TILE = 2048  # elements per program and chunk: BLOCK_R * BLOCK_C
@@ -38,13 +38,13 @@ def _normal_event_sum_fwd_kernel(
         c = c0 + tl.arange(0, BLOCK_C)
         mask = row_mask[:, None] & (c < cols)[None, :]
         idx = r[:, None] * cols + c[None, :]
-        scale = tl.load(scale_ptr + _broadcast_offset(idx, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3),
+        scale = tl.load(scale_ptr + broadcast_offset(idx, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3),
                         mask=mask, other=1.0).to(CDT)
         if ENTROPY:
             term = 0.5 + LOG_SQRT_2PI + tl.log(scale)
         else:
-            v = tl.load(value_ptr + _broadcast_offset(idx, s1, s2, s3, v_t0, v_t1, v_t2, v_t3), mask=mask, other=0.0).to(CDT)
-            loc = tl.load(loc_ptr + _broadcast_offset(idx, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3),
+            v = tl.load(value_ptr + broadcast_offset(idx, s1, s2, s3, v_t0, v_t1, v_t2, v_t3), mask=mask, other=0.0).to(CDT)
+            loc = tl.load(loc_ptr + broadcast_offset(idx, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3),
                           mask=mask, other=0.0).to(CDT)
             y = (v - loc) / scale
             term = -0.5 * y * y - (tl.log(scale) + LOG_SQRT_2PI)
@@ -87,3 +87,24 @@ def normal_log_prob_sum_fwd(value, loc, scale, event_dims: int):
 def normal_entropy_sum_fwd(scale, event_dims: int):
     # value and loc are never loaded in the entropy variant: scale stands in for them
     return _launch(tuple(scale.shape), event_dims, scale.dtype, scale.device, scale, scale, scale, entropy=True)
+
+
+# The kernel inventory (``inventory.py``): the kernel above, and calls of the launchers that
+# pick each of its variants (log_prob and entropy; a short event, a long one).
+KERNELS = ("_normal_event_sum_fwd_kernel",)
+EVENT_SHAPES = (("short event", (512, 8)), ("event of 256", (16, 256)))
+
+
+def _cases():
+    from .inventory import LaunchCase
+
+    out = []
+    for label, shape in EVENT_SHAPES:
+        out.append(LaunchCase(f"log_prob {label}", lambda dt, shape=shape: normal_log_prob_sum_fwd(
+            torch.empty(shape, dtype=dt), torch.empty(shape, dtype=dt), torch.empty(shape, dtype=dt), 1)))
+        out.append(LaunchCase(f"entropy {label}", lambda dt, shape=shape: normal_entropy_sum_fwd(
+            torch.empty(shape, dtype=dt), 1)))
+    return tuple(out)
+
+
+LAUNCH_CASES = _cases()

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ..reference import reduce_to
-from .layout import _broadcast_offset, broadcast_args, grad_buffer, launch_splits, launcher
+from .layout import broadcast_offset, broadcast_args, grad_buffer, launch_splits, launcher
 
 ABSENT, SCALAR, TENSOR = 0, 1, 2
 BLOCK = 1024
@@ -29,7 +29,7 @@ def _kl_operand(ptr, idx, mask, other: tl.constexpr, KIND: tl.constexpr, BLOCK: 
     elif KIND == 1:
         x = tl.load(ptr)
     else:
-        x = tl.load(ptr + _broadcast_offset(idx, s1, s2, s3, t0, t1, t2, t3), mask=mask, other=other)
+        x = tl.load(ptr + broadcast_offset(idx, s1, s2, s3, t0, t1, t2, t3), mask=mask, other=other)
     return x
 
 
@@ -66,7 +66,7 @@ def _normal_kl_bwd_kernel(
     idx = (tl.program_id(0).to(tl.int64) + pid_base) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < numel
     CDT: tl.constexpr = tl.float64 if grad_ptr.dtype.element_ty == tl.float64 else tl.float32
-    g = tl.load(grad_ptr + _broadcast_offset(idx, s1, s2, s3, g_t0, g_t1, g_t2, g_t3), mask=mask, other=0.0).to(CDT)
+    g = tl.load(grad_ptr + broadcast_offset(idx, s1, s2, s3, g_t0, g_t1, g_t2, g_t3), mask=mask, other=0.0).to(CDT)
     pl = _kl_operand(pl_ptr, idx, mask, 0.0, PL_KIND, BLOCK, s1, s2, s3, pl_t0, pl_t1, pl_t2, pl_t3).to(CDT)
     ps = _kl_operand(ps_ptr, idx, mask, 1.0, PS_KIND, BLOCK, s1, s2, s3, ps_t0, ps_t1, ps_t2, ps_t3).to(CDT)
     ql = _kl_operand(ql_ptr, idx, mask, 0.0, QL_KIND, BLOCK, s1, s2, s3, ql_t0, ql_t1, ql_t2, ql_t3).to(CDT)
@@ -134,3 +134,25 @@ def normal_kl_bwd(grad, p_loc, p_scale, q_loc, q_scale, output_mask):
                 NEED_PL=need[0], NEED_PS=need[1], NEED_QL=need[2], NEED_QS=need[3],
             )
     return tuple(None if b is None else reduce_to(b, t.shape).to(t.dtype) for b, t in zip(bufs, params))
+
+
+# The kernel inventory (``inventory.py``): the kernels above, and calls of the launchers that
+# pick each of their variants (operand kinds: every parameter a tensor; the prior Normal(0, 1) as q).
+KERNELS = ("_normal_kl_fwd_kernel", "_normal_kl_bwd_kernel")
+
+
+def _cases():
+    from .inventory import LaunchCase
+
+    def params(dt, kinds):
+        return [None if k == ABSENT else torch.empty(() if k == SCALAR else (4096,), dtype=dt) for k in kinds]
+
+    out = []
+    for label, kinds in (("tensors", (TENSOR,) * 4), ("prior q", (TENSOR, TENSOR, ABSENT, ABSENT))):
+        out.append(LaunchCase(f"fwd {label}", lambda dt, kinds=kinds: normal_kl_fwd((4096,), dt, "cpu", *params(dt, kinds))))
+        out.append(LaunchCase(f"bwd {label}", lambda dt, kinds=kinds: normal_kl_bwd(torch.empty((4096,), dtype=dt),
+                                                                                    *params(dt, kinds), (True,) * 4)))
+    return tuple(out)
+
+
+LAUNCH_CASES = _cases()

@@ -11,9 +11,8 @@ import triton.language as tl
 
 from .. import reference
 from ..reference import reduce_to
-from .layout import (_broadcast_offset, _tile_coords, _tile_operand, block_counters, broadcast_args, grad_buffer,
+from .layout import (broadcast_offset, flat_operand, tile_coords, tile_operand, block_counters, broadcast_args, grad_buffer,
                      launch_splits, launcher, needs_idx64, tile_grid, tile_layout)
-from .normal_rsample import _operand
 
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
 
@@ -27,9 +26,9 @@ def _normal_log_prob_fwd_kernel(
     idx = (tl.program_id(0).to(tl.int64) + pid_base) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < numel
     CDT: tl.constexpr = tl.float64 if out_ptr.dtype.element_ty == tl.float64 else tl.float32
-    v = tl.load(value_ptr + _broadcast_offset(idx, s1, s2, s3, v_t0, v_t1, v_t2, v_t3), mask=mask, other=0.0).to(CDT)
-    loc = _operand(loc_ptr, idx, mask, 0.0, LOC_SCALAR, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3).to(CDT)
-    scale = _operand(scale_ptr, idx, mask, 1.0, SCALE_SCALAR, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3).to(CDT)
+    v = tl.load(value_ptr + broadcast_offset(idx, s1, s2, s3, v_t0, v_t1, v_t2, v_t3), mask=mask, other=0.0).to(CDT)
+    loc = flat_operand(loc_ptr, idx, mask, 0.0, LOC_SCALAR, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3).to(CDT)
+    scale = flat_operand(scale_ptr, idx, mask, 1.0, SCALE_SCALAR, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3).to(CDT)
     if SCALE_SCALAR:
         # 1/scale and log(scale) once per program
         y = (v - loc) * (1.0 / scale)
@@ -50,10 +49,10 @@ def _normal_log_prob_bwd_kernel(
     idx = (tl.program_id(0).to(tl.int64) + pid_base) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < numel
     CDT: tl.constexpr = tl.float64 if value_ptr.dtype.element_ty == tl.float64 else tl.float32
-    g = tl.load(grad_ptr + _broadcast_offset(idx, s1, s2, s3, g_t0, g_t1, g_t2, g_t3), mask=mask, other=0.0).to(CDT)
-    v = tl.load(value_ptr + _broadcast_offset(idx, s1, s2, s3, v_t0, v_t1, v_t2, v_t3), mask=mask, other=0.0).to(CDT)
-    loc = _operand(loc_ptr, idx, mask, 0.0, LOC_SCALAR, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3).to(CDT)
-    scale = _operand(scale_ptr, idx, mask, 1.0, SCALE_SCALAR, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3).to(CDT)
+    g = tl.load(grad_ptr + broadcast_offset(idx, s1, s2, s3, g_t0, g_t1, g_t2, g_t3), mask=mask, other=0.0).to(CDT)
+    v = tl.load(value_ptr + broadcast_offset(idx, s1, s2, s3, v_t0, v_t1, v_t2, v_t3), mask=mask, other=0.0).to(CDT)
+    loc = flat_operand(loc_ptr, idx, mask, 0.0, LOC_SCALAR, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3).to(CDT)
+    scale = flat_operand(scale_ptr, idx, mask, 1.0, SCALE_SCALAR, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3).to(CDT)
     if SCALE_SCALAR:
         inv_scale = 1.0 / scale  # once per program
         y = (v - loc) * inv_scale
@@ -79,11 +78,11 @@ def _normal_log_prob_fwd_2d_kernel(
     BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr, V_KIND: tl.constexpr, LOC_KIND: tl.constexpr, SCALE_KIND: tl.constexpr,
 ):
     # the output as R rows of D elements, one BR x BC tile per program (layout.tile_layout)
-    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC, IDX64)
+    rows, cols, idx, mask, pc = tile_coords(R, D, BR, BC, IDX64)
     CDT: tl.constexpr = tl.float64 if out_ptr.dtype.element_ty == tl.float64 else tl.float32
-    v = _tile_operand(value_ptr, rows, cols, R, D, v_t0, v_t1, V_KIND, 0.0).to(CDT)
-    loc = _tile_operand(loc_ptr, rows, cols, R, D, loc_t0, loc_t1, LOC_KIND, 0.0).to(CDT)
-    scale = _tile_operand(scale_ptr, rows, cols, R, D, scale_t0, scale_t1, SCALE_KIND, 1.0).to(CDT)
+    v = tile_operand(value_ptr, rows, cols, R, D, v_t0, v_t1, V_KIND, 0.0).to(CDT)
+    loc = tile_operand(loc_ptr, rows, cols, R, D, loc_t0, loc_t1, LOC_KIND, 0.0).to(CDT)
+    scale = tile_operand(scale_ptr, rows, cols, R, D, scale_t0, scale_t1, SCALE_KIND, 1.0).to(CDT)
     # 1/scale and log(scale) once per distinct scale element of the tile
     inv_scale = 1.0 / scale
     y = (v - loc) * inv_scale
@@ -98,12 +97,12 @@ def _normal_log_prob_bwd_2d_kernel(
     BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr, NEED_VALUE: tl.constexpr, NEED_LOC: tl.constexpr, NEED_SCALE: tl.constexpr,
     G_KIND: tl.constexpr, V_KIND: tl.constexpr, LOC_KIND: tl.constexpr, SCALE_KIND: tl.constexpr,
 ):
-    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC, IDX64)
+    rows, cols, idx, mask, pc = tile_coords(R, D, BR, BC, IDX64)
     CDT: tl.constexpr = tl.float64 if value_ptr.dtype.element_ty == tl.float64 else tl.float32
-    g = _tile_operand(grad_ptr, rows, cols, R, D, g_t0, g_t1, G_KIND, 0.0).to(CDT)
-    v = _tile_operand(value_ptr, rows, cols, R, D, v_t0, v_t1, V_KIND, 0.0).to(CDT)
-    loc = _tile_operand(loc_ptr, rows, cols, R, D, loc_t0, loc_t1, LOC_KIND, 0.0).to(CDT)
-    scale = _tile_operand(scale_ptr, rows, cols, R, D, scale_t0, scale_t1, SCALE_KIND, 1.0).to(CDT)
+    g = tile_operand(grad_ptr, rows, cols, R, D, g_t0, g_t1, G_KIND, 0.0).to(CDT)
+    v = tile_operand(value_ptr, rows, cols, R, D, v_t0, v_t1, V_KIND, 0.0).to(CDT)
+    loc = tile_operand(loc_ptr, rows, cols, R, D, loc_t0, loc_t1, LOC_KIND, 0.0).to(CDT)
+    scale = tile_operand(scale_ptr, rows, cols, R, D, scale_t0, scale_t1, SCALE_KIND, 1.0).to(CDT)
     inv_scale = 1.0 / scale
     y = (v - loc) * inv_scale
     g_loc = g * y * inv_scale
@@ -176,3 +175,37 @@ def normal_log_prob_bwd(grad, value, loc, scale, output_mask):
                 LOC_SCALAR=loc.numel() == 1, SCALE_SCALAR=scale.numel() == 1,
             )
     return tuple(None if b is None else reduce_to(b, t.shape).to(t.dtype) for b, t in zip(bufs, inputs))
+
+
+# The kernel inventory (``inventory.py``): the kernels above, and calls of the launchers that
+# pick each of their variants (value full; loc/scale in the broadcast patterns of normal_rsample).
+KERNELS = ("_normal_log_prob_fwd_kernel", "_normal_log_prob_bwd_kernel", "_normal_log_prob_fwd_2d_kernel",
+           "_normal_log_prob_bwd_2d_kernel")
+
+
+def _cases():
+    from .inventory import LaunchCase
+    from .normal_rsample import PATTERNS
+
+    def shapes(loc_shape, scale_shape, sample_shape):
+        return tuple(sample_shape) + tuple(torch.broadcast_shapes(loc_shape, scale_shape)), loc_shape, scale_shape
+
+    def fwd(*pattern):
+        shape, loc, scale = shapes(*pattern)
+        return lambda dt: normal_log_prob_fwd(torch.empty(shape, dtype=dt), torch.empty(loc, dtype=dt),
+                                              torch.empty(scale, dtype=dt))
+
+    def bwd(*pattern, mask):
+        shape, loc, scale = shapes(*pattern)
+        return lambda dt: normal_log_prob_bwd(torch.empty(shape, dtype=dt), torch.empty(shape, dtype=dt),
+                                              torch.empty(loc, dtype=dt), torch.empty(scale, dtype=dt), mask)
+
+    out = []
+    for label, *pattern in PATTERNS:
+        out.append(LaunchCase(f"fwd {label}", fwd(*pattern)))
+        for mask in ((True, True, True),):
+            out.append(LaunchCase(f"bwd {'value+' if mask[0] else ''}loc+scale {label}", bwd(*pattern, mask=mask)))
+    return tuple(out)
+
+
+LAUNCH_CASES = _cases()

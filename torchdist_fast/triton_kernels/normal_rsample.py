@@ -15,23 +15,13 @@ import triton.language as tl
 
 from .. import reference
 from ..reference import compute_dtype, reduce_to
-from .layout import (_broadcast_layout, _broadcast_offset, _tile_coords, _tile_layout, _tile_operand, block_counters,
-                     broadcast_args, fast_math, launch_splits, launcher, layout_args, needs_idx64, position_args,
-                     tile_grid, tile_layout)
-from .philox import POSITION_ARGS, _block_indices, _position_words, _stream_block, _stream_tile
+from .layout import (block_counters, broadcast_args, broadcast_layout_of, broadcast_offset, fast_math, flat_operand,
+                     launch_splits, launcher, layout_args, needs_idx64, position_args, tile_coords, tile_grid,
+                     tile_layout, tile_layout_of, tile_operand)
+from .philox import POSITION_ARGS, block_indices, position_words, stream_block, stream_tile
 
 
 LOG_SQRT_2PI = tl.constexpr(reference.LOG_SQRT_2PI)
-
-
-@triton.jit
-def _operand(ptr, idx, mask, other, SCALAR: tl.constexpr, s1, s2, s3, t0, t1, t2, t3):
-    """One operand at the output indices ``idx``: a single load when it is one element."""
-    if SCALAR:
-        x = tl.load(ptr)
-    else:
-        x = tl.load(ptr + _broadcast_offset(idx, s1, s2, s3, t0, t1, t2, t3), mask=mask, other=other)
-    return x
 
 
 @triton.jit(do_not_specialize=POSITION_ARGS)
@@ -42,16 +32,16 @@ def _normal_rsample_fwd_kernel(
     BLOCK: tl.constexpr, WITH_LOG_PROB: tl.constexpr, LOC_SCALAR: tl.constexpr, SCALE_SCALAR: tl.constexpr,
     FAST_MATH: tl.constexpr,
 ):
-    seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_lo, seed_hi, offset_lo, offset_hi = position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
                                                              position_in_memory)
     pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = z_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = z_ptr.dtype.element_ty.primitive_bitwidth == 16
-    eps = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH, PAIRS)
-    idx = _block_indices(pid, BLOCK)
+    eps = stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH, PAIRS)
+    idx = block_indices(pid, BLOCK)
     mask = idx < numel
-    loc = _operand(loc_ptr, idx, mask, 0.0, LOC_SCALAR, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3)
-    scale = _operand(scale_ptr, idx, mask, 1.0, SCALE_SCALAR, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3)
+    loc = flat_operand(loc_ptr, idx, mask, 0.0, LOC_SCALAR, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3)
+    scale = flat_operand(scale_ptr, idx, mask, 1.0, SCALE_SCALAR, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3)
     scale = scale.to(eps.dtype)
     z = loc.to(eps.dtype) + scale * eps
     tl.store(z_ptr + idx, z.to(z_ptr.dtype.element_ty), mask=mask)
@@ -69,21 +59,21 @@ def _normal_rsample_bwd_kernel(
     BLOCK: tl.constexpr, HAS_GRAD_Z: tl.constexpr, HAS_GRAD_LOG_PROB: tl.constexpr, SCALE_SCALAR: tl.constexpr,
     FAST_MATH: tl.constexpr,
 ):
-    seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_lo, seed_hi, offset_lo, offset_hi = position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
                                                              position_in_memory)
     pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = scale_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = scale_ptr.dtype.element_ty.primitive_bitwidth == 16
-    eps = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH, PAIRS)
-    idx = _block_indices(pid, BLOCK)
+    eps = stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH, PAIRS)
+    idx = block_indices(pid, BLOCK)
     mask = idx < numel
     grad_scale = tl.zeros_like(eps)
     if HAS_GRAD_Z:
-        gz = tl.load(grad_z_ptr + _broadcast_offset(idx, s1, s2, s3, gz_t0, gz_t1, gz_t2, gz_t3), mask=mask, other=0.0)
+        gz = tl.load(grad_z_ptr + broadcast_offset(idx, s1, s2, s3, gz_t0, gz_t1, gz_t2, gz_t3), mask=mask, other=0.0)
         grad_scale += gz.to(eps.dtype) * eps
     if HAS_GRAD_LOG_PROB:
-        glp = tl.load(grad_log_prob_ptr + _broadcast_offset(idx, s1, s2, s3, glp_t0, glp_t1, glp_t2, glp_t3), mask=mask, other=0.0)
-        scale = _operand(scale_ptr, idx, mask, 1.0, SCALE_SCALAR, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3)
+        glp = tl.load(grad_log_prob_ptr + broadcast_offset(idx, s1, s2, s3, glp_t0, glp_t1, glp_t2, glp_t3), mask=mask, other=0.0)
+        scale = flat_operand(scale_ptr, idx, mask, 1.0, SCALE_SCALAR, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3)
         # 1 / scale once per program when scale is one element
         grad_scale -= glp.to(eps.dtype) * (1.0 / scale.to(eps.dtype))
     tl.store(grad_scale_ptr + idx, grad_scale.to(grad_scale_ptr.dtype.element_ty), mask=mask)
@@ -96,15 +86,15 @@ def _normal_rsample_fwd_2d_kernel(
     BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr, WITH_LOG_PROB: tl.constexpr, LOC_KIND: tl.constexpr,
     SCALE_KIND: tl.constexpr, FAST_MATH: tl.constexpr,
 ):
-    seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_lo, seed_hi, offset_lo, offset_hi = position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
                                                              position_in_memory)
     # the output as R rows of D elements, one BR x BC tile per program (layout.tile_layout)
-    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC, IDX64)
+    rows, cols, idx, mask, pc = tile_coords(R, D, BR, BC, IDX64)
     IS_FP64: tl.constexpr = z_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = z_ptr.dtype.element_ty.primitive_bitwidth == 16
-    eps = _stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC, IS_FP64, FAST_MATH, PAIRS)
-    loc = _tile_operand(loc_ptr, rows, cols, R, D, loc_t0, loc_t1, LOC_KIND, 0.0).to(eps.dtype)
-    scale = _tile_operand(scale_ptr, rows, cols, R, D, scale_t0, scale_t1, SCALE_KIND, 1.0).to(eps.dtype)
+    eps = stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC, IS_FP64, FAST_MATH, PAIRS)
+    loc = tile_operand(loc_ptr, rows, cols, R, D, loc_t0, loc_t1, LOC_KIND, 0.0).to(eps.dtype)
+    scale = tile_operand(scale_ptr, rows, cols, R, D, scale_t0, scale_t1, SCALE_KIND, 1.0).to(eps.dtype)
     z = loc + scale * eps
     tl.store(z_ptr + idx, z.to(z_ptr.dtype.element_ty), mask=mask)
     if WITH_LOG_PROB:
@@ -121,19 +111,19 @@ def _normal_rsample_bwd_2d_kernel(
     BR: tl.constexpr, BC: tl.constexpr, IDX64: tl.constexpr, HAS_GRAD_Z: tl.constexpr, HAS_GRAD_LOG_PROB: tl.constexpr,
     GZ_KIND: tl.constexpr, GLP_KIND: tl.constexpr, SCALE_KIND: tl.constexpr, FAST_MATH: tl.constexpr,
 ):
-    seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_lo, seed_hi, offset_lo, offset_hi = position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
                                                              position_in_memory)
-    rows, cols, idx, mask, pc = _tile_coords(R, D, BR, BC, IDX64)
+    rows, cols, idx, mask, pc = tile_coords(R, D, BR, BC, IDX64)
     IS_FP64: tl.constexpr = scale_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = scale_ptr.dtype.element_ty.primitive_bitwidth == 16
-    eps = _stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC, IS_FP64, FAST_MATH, PAIRS)
+    eps = stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC, IS_FP64, FAST_MATH, PAIRS)
     grad_scale = tl.zeros_like(eps)
     if HAS_GRAD_Z:
-        gz = _tile_operand(grad_z_ptr, rows, cols, R, D, gz_t0, gz_t1, GZ_KIND, 0.0)
+        gz = tile_operand(grad_z_ptr, rows, cols, R, D, gz_t0, gz_t1, GZ_KIND, 0.0)
         grad_scale += gz.to(eps.dtype) * eps
     if HAS_GRAD_LOG_PROB:
-        glp = _tile_operand(grad_log_prob_ptr, rows, cols, R, D, glp_t0, glp_t1, GLP_KIND, 0.0)
-        scale = _tile_operand(scale_ptr, rows, cols, R, D, scale_t0, scale_t1, SCALE_KIND, 1.0)
+        glp = tile_operand(grad_log_prob_ptr, rows, cols, R, D, glp_t0, glp_t1, GLP_KIND, 0.0)
+        scale = tile_operand(scale_ptr, rows, cols, R, D, scale_t0, scale_t1, SCALE_KIND, 1.0)
         grad_scale -= glp.to(eps.dtype) * (1.0 / scale.to(eps.dtype))
     tl.store(grad_scale_ptr + idx, grad_scale.to(grad_scale_ptr.dtype.element_ty), mask=mask)
 
@@ -150,14 +140,14 @@ def _fwd_plan(sample_shape: tuple, loc_meta: tuple, scale_meta: tuple, dtype, wi
     block = block_counters(dtype)
     # 16-bit z alone: taller tiles amortize the per-column work (96 registers; with log_prob they would need ~150)
     wide = dtype.itemsize == 2 and not with_log_prob
-    tile = _tile_layout(out_shape, metas, (8 if wide else 4) * block, True) if numel else None
+    tile = tile_layout_of(out_shape, metas, (8 if wide else 4) * block, True) if numel else None
     if tile is not None:
         R, D, ops, br, bc = tile
         (lk, lt0, lt1), (sk, st0, st1) = ops
         constexprs = dict(BR=br, BC=bc, IDX64=needs_idx64(R, D, br, ops), WITH_LOG_PROB=with_log_prob, LOC_KIND=lk,
                           SCALE_KIND=sk, FAST_MATH=fast)
         return out_shape, True, [(tile_grid(R, D, br, bc), (R, D, lt0, lt1, st0, st1))], constexprs
-    layout = _broadcast_layout(out_shape, metas) if numel else None
+    layout = broadcast_layout_of(out_shape, metas) if numel else None
     if layout is None:
         return out_shape, None, [], {}
     flat = layout_args(layout)
@@ -224,3 +214,44 @@ def normal_rsample_bwd(grad_z, grad_log_prob, scale, seed: int, offset: int, pos
                 SCALE_SCALAR=scale.numel() == 1, FAST_MATH=fast_math(grad_scale),
             )
     return reduce_to(grad_scale, scale.shape).to(scale.dtype)
+
+
+# The kernel inventory (``inventory.py``): the kernels above, and calls of the launchers that
+# pick each of their variants (1-D: scalar / full parameters; 2-D tiles: the row and column
+# broadcast patterns).
+KERNELS = ("_normal_rsample_fwd_kernel", "_normal_rsample_bwd_kernel", "_normal_rsample_fwd_2d_kernel",
+           "_normal_rsample_bwd_2d_kernel")
+# (label, loc shape, scale shape, sample shape)
+PATTERNS = (
+    ("scalar", (), (), (4096,)),
+    ("contiguous", (4096,), (4096,), ()),
+    ("row", (768,), (768,), (4,)),
+    ("column", (4, 1), (4, 256), ()),
+)
+
+
+def _cases():
+    from .inventory import LaunchCase
+
+    def fwd(loc_shape, scale_shape, sample_shape, with_log_prob):
+        return lambda dt: normal_rsample_fwd(torch.empty(loc_shape, dtype=dt), torch.empty(scale_shape, dtype=dt),
+                                             sample_shape, 1, 2, with_log_prob)
+
+    def bwd(loc_shape, scale_shape, sample_shape, grads):
+        def run(dt):
+            shape = tuple(sample_shape) + tuple(torch.broadcast_shapes(loc_shape, scale_shape))
+            gz, glp = (torch.empty(shape, dtype=dt) if g else None for g in grads)
+            return normal_rsample_bwd(gz, glp, torch.empty(scale_shape, dtype=dt), 1, 2)
+        return run
+
+    out = []
+    for label, loc, scale, sample in PATTERNS:
+        for lp in (False, True):
+            out.append(LaunchCase(f"fwd{'+log_prob' if lp else ''} {label}", fwd(loc, scale, sample, lp)))
+        for grads in ((True, False), (True, True)):
+            out.append(LaunchCase(f"bwd {'z' if grads[0] else ''}{'+log_prob' if grads[1] else ''} {label}",
+                                  bwd(loc, scale, sample, grads)))
+    return tuple(out)
+
+
+LAUNCH_CASES = _cases()

@@ -105,7 +105,7 @@ POSITION_ARGS = ["seed_lo", "seed_hi", "offset_lo", "offset_hi", "position_in_me
 
 
 @triton.jit
-def _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, in_memory):
+def position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, in_memory):
     """The stream position as four i32 words: the kernel's own arguments, or (``in_memory`` != 0)
     the int64 pair [seed, offset] at ``seed_offset_ptr``, read on the device: what a CUDA graph
     replays with new values each time. A run-time flag, not a constexpr: the kernel an eager
@@ -121,12 +121,12 @@ def _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, in_
 
 
 @triton.jit
-def _offset64(offset_lo, offset_hi):
+def offset64(offset_lo, offset_hi):
     return (offset_hi.to(tl.uint32, bitcast=True).to(tl.uint64) << 32) | offset_lo.to(tl.uint32, bitcast=True).to(tl.uint64)
 
 
 @triton.jit
-def _stream_normals(base, j, seed_lo, seed_hi, IS_FP64: tl.constexpr, FAST_MATH: tl.constexpr):
+def stream_normals(base, j, seed_lo, seed_hi, IS_FP64: tl.constexpr, FAST_MATH: tl.constexpr):
     """Four normals (lanes 0..3) for each counter ``base + j`` (``base``: uint64 stream offset plus
     the first counter, per program or per row; ``j``: small int32 offsets; 64-bit, wrapping)."""
     k0 = seed_lo.to(tl.uint32, bitcast=True)
@@ -148,34 +148,34 @@ def _stream_normals(base, j, seed_lo, seed_hi, IS_FP64: tl.constexpr, FAST_MATH:
 
 
 @triton.jit
-def _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constexpr, IS_FP64: tl.constexpr,
+def stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK: tl.constexpr, IS_FP64: tl.constexpr,
                   FAST_MATH: tl.constexpr, PAIRS: tl.constexpr = False):
-    """Normals of output elements pid*4*BLOCK .. +4*BLOCK (``_block_indices``), in stream order.
+    """Normals of output elements pid*4*BLOCK .. +4*BLOCK (``block_indices``), in stream order.
 
     PAIRS (16-bit outputs): each position holds two consecutive counters, so one thread owns
     8 consecutive outputs (16 bytes: a vector store with no shared-memory layout change).
     Otherwise one counter per position: 4 consecutive outputs (16 bytes of float32).
     """
-    base = _offset64(offset_lo, offset_hi) + (pid * BLOCK).to(tl.uint64)
+    base = offset64(offset_lo, offset_hi) + (pid * BLOCK).to(tl.uint64)
     if PAIRS:
         even = 2 * tl.arange(0, BLOCK // 2)
-        a0, a1, a2, a3 = _stream_normals(base, even, seed_lo, seed_hi, IS_FP64, FAST_MATH)
-        b0, b1, b2, b3 = _stream_normals(base, even + 1, seed_lo, seed_hi, IS_FP64, FAST_MATH)
+        a0, a1, a2, a3 = stream_normals(base, even, seed_lo, seed_hi, IS_FP64, FAST_MATH)
+        b0, b1, b2, b3 = stream_normals(base, even + 1, seed_lo, seed_hi, IS_FP64, FAST_MATH)
         # element 8p + 4h + lane (h: 0 even counter, 1 odd): nested interleaves, lowest index bit outermost
         eps = tl.interleave(
             tl.interleave(tl.interleave(a0, b0), tl.interleave(a2, b2)),
             tl.interleave(tl.interleave(a1, b1), tl.interleave(a3, b3)),
         )
     else:
-        z0, z1, z2, z3 = _stream_normals(base, tl.arange(0, BLOCK), seed_lo, seed_hi, IS_FP64, FAST_MATH)
+        z0, z1, z2, z3 = stream_normals(base, tl.arange(0, BLOCK), seed_lo, seed_hi, IS_FP64, FAST_MATH)
         # element 4c + lane: interleaving keeps the store contiguous
         eps = tl.interleave(tl.interleave(z0, z2), tl.interleave(z1, z3))
     return eps
 
 
 @triton.jit
-def _block_indices(pid, BLOCK: tl.constexpr):
-    """Indices of the output elements of ``_stream_block``. Apart from it, not returned by it: torch's
+def block_indices(pid, BLOCK: tl.constexpr):
+    """Indices of the output elements of ``stream_block``. Apart from it, not returned by it: torch's
     mutation analysis of a wrap_triton kernel (which outputs a compiled graph must copy) takes a
     pointer computed from a call's result to depend on every argument of the call, so an index
     returned beside the normals would mark the stream position as written."""
@@ -183,21 +183,21 @@ def _block_indices(pid, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC: tl.constexpr, IS_FP64: tl.constexpr,
+def stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC: tl.constexpr, IS_FP64: tl.constexpr,
                  FAST_MATH: tl.constexpr, PAIRS: tl.constexpr):
     """Normals of the tile rows x [pc*BC, pc*BC + BC) of an output of rows of D elements (D % 4 == 0),
     in stream order (element row*D + col is lane col % 4 of counter (row*D + col) // 4)."""
-    base = _offset64(offset_lo, offset_hi) + (rows[:, None] * (D // 4) + pc * (BC // 4)).to(tl.int64).to(tl.uint64)
+    base = offset64(offset_lo, offset_hi) + (rows[:, None] * (D // 4) + pc * (BC // 4)).to(tl.int64).to(tl.uint64)
     if PAIRS:
         even = 2 * tl.arange(0, BC // 8)[None, :]
-        a0, a1, a2, a3 = _stream_normals(base, even, seed_lo, seed_hi, IS_FP64, FAST_MATH)
-        b0, b1, b2, b3 = _stream_normals(base, even + 1, seed_lo, seed_hi, IS_FP64, FAST_MATH)
+        a0, a1, a2, a3 = stream_normals(base, even, seed_lo, seed_hi, IS_FP64, FAST_MATH)
+        b0, b1, b2, b3 = stream_normals(base, even + 1, seed_lo, seed_hi, IS_FP64, FAST_MATH)
         eps = tl.interleave(
             tl.interleave(tl.interleave(a0, b0), tl.interleave(a2, b2)),
             tl.interleave(tl.interleave(a1, b1), tl.interleave(a3, b3)),
         )
     else:
-        z0, z1, z2, z3 = _stream_normals(base, tl.arange(0, BC // 4)[None, :], seed_lo, seed_hi, IS_FP64, FAST_MATH)
+        z0, z1, z2, z3 = stream_normals(base, tl.arange(0, BC // 4)[None, :], seed_lo, seed_hi, IS_FP64, FAST_MATH)
         eps = tl.interleave(tl.interleave(z0, z2), tl.interleave(z1, z3))
     return eps
 
@@ -206,13 +206,13 @@ def _stream_tile(rows, pc, D, seed_lo, seed_hi, offset_lo, offset_hi, BC: tl.con
 def _philox_randn_kernel(out_ptr, numel, pid_base, seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi, position_in_memory,
                          BLOCK: tl.constexpr,
                          FAST_MATH: tl.constexpr):
-    seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_lo, seed_hi, offset_lo, offset_hi = position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
                                                              position_in_memory)
     pid = tl.program_id(0).to(tl.int64) + pid_base
     IS_FP64: tl.constexpr = out_ptr.dtype.element_ty == tl.float64
     PAIRS: tl.constexpr = out_ptr.dtype.element_ty.primitive_bitwidth == 16
-    eps = _stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH, PAIRS)
-    idx = _block_indices(pid, BLOCK)
+    eps = stream_block(pid, seed_lo, seed_hi, offset_lo, offset_hi, BLOCK, IS_FP64, FAST_MATH, PAIRS)
+    idx = block_indices(pid, BLOCK)
     tl.store(out_ptr + idx, eps.to(out_ptr.dtype.element_ty), mask=idx < numel)
 
 
@@ -276,3 +276,23 @@ def box_muller_words(words: torch.Tensor) -> torch.Tensor:
     if n:
         launcher(_box_muller_words_kernel, out)[(cdiv(n, 1024),)](words, out, n, BLOCK=1024, FAST_MATH=fast_math(out))
     return out
+
+
+# The kernel inventory (``inventory.py``): the kernels above, and calls of the launchers that
+# pick each of their variants.
+KERNELS = ("_philox_randn_kernel", "_philox_words_kernel", "_box_muller_words_kernel")
+
+
+def _cases():
+    from .inventory import LaunchCase
+
+    return (
+        LaunchCase("randn", lambda dt: philox_randn((4096,), 1, 2, dt, "cpu")),
+        LaunchCase("randn N+3 (bulk and tail)", lambda dt: philox_randn((4099,), 1, 2, dt, "cpu")),
+        LaunchCase("words", lambda dt: philox_words(300, 1, 2), dtypes=("fp32",)),  # int64 words: no float dtype
+        LaunchCase("box_muller_words", lambda dt: box_muller_words(torch.zeros((300, 2), dtype=torch.int64)),
+                   dtypes=("fp32",)),
+    )
+
+
+LAUNCH_CASES = _cases()

@@ -26,9 +26,9 @@ import triton
 import triton.language as tl
 
 from ..reference import reduce_to
-from .layout import (_broadcast_offset, broadcast_args, cdiv, fast_math, grad_buffer, launcher, next_power_of_2,
+from .layout import (broadcast_offset, broadcast_args, cdiv, fast_math, grad_buffer, launcher, next_power_of_2,
                      position_args)
-from .philox import POSITION_ARGS, _offset64, _position_words, _stream_normals
+from .philox import POSITION_ARGS, offset64, position_words, stream_normals
 
 LOG_SQRT_2PI = tl.constexpr(0.5 * math.log(2 * math.pi))
 LN2 = tl.constexpr(math.log(2.0))
@@ -46,7 +46,7 @@ def _tile_indices(pid, rows, D, BR: tl.constexpr, DP: tl.constexpr):
     """Program ``pid``'s [BR, DP] tile: its rows, mask and element indices. Computed apart from the
     noise and the loads, which take pointers and the stream position: torch's mutation analysis of
     a wrap_triton kernel takes a pointer computed from a call's result to depend on every argument
-    of the call (see philox._block_indices)."""
+    of the call (see philox.block_indices)."""
     row = pid * BR + tl.arange(0, BR)
     mask = (row < rows)[:, None] & (tl.arange(0, DP) < D)[None, :]
     return row, mask, pid * BR * D + _tile_local(D, BR, DP)
@@ -56,8 +56,8 @@ def _tile_indices(pid, rows, D, BR: tl.constexpr, DP: tl.constexpr):
 def _tile_noise(pid, D, seed_lo, seed_hi, offset_lo, offset_hi, BR: tl.constexpr, DP: tl.constexpr,
                 NC: tl.constexpr, IS_FP64: tl.constexpr, FAST_MATH: tl.constexpr):
     """eps of the [BR, DP] tile of program ``pid``."""
-    base = _offset64(offset_lo, offset_hi) + (pid * ((BR // 4) * D)).to(tl.uint64)
-    z0, z1, z2, z3 = _stream_normals(base, tl.arange(0, NC), seed_lo, seed_hi, IS_FP64, FAST_MATH)
+    base = offset64(offset_lo, offset_hi) + (pid * ((BR // 4) * D)).to(tl.uint64)
+    z0, z1, z2, z3 = stream_normals(base, tl.arange(0, NC), seed_lo, seed_hi, IS_FP64, FAST_MATH)
     flat = tl.interleave(tl.interleave(z0, z2), tl.interleave(z1, z3))  # element 4c + lane, stream order
     # padding columns (c >= D) read a clamped index and are masked out by the caller
     gathered = tl.gather(flat, tl.reshape(tl.minimum(_tile_local(D, BR, DP), 4 * NC - 1), [BR * DP]), 0)
@@ -80,8 +80,8 @@ def _tanh_parts(u):
 def _tile_params(e, mask, loc_ptr, scale_ptr, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3, scale_t0, scale_t1, scale_t2,
                  scale_t3, CDT: tl.constexpr):
     """loc and scale at the tile's elements ``e`` (from ``_tile_indices``), in the compute dtype."""
-    loc = tl.load(loc_ptr + _broadcast_offset(e, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3), mask=mask, other=0.0).to(CDT)
-    scale = tl.load(scale_ptr + _broadcast_offset(e, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3),
+    loc = tl.load(loc_ptr + broadcast_offset(e, s1, s2, s3, loc_t0, loc_t1, loc_t2, loc_t3), mask=mask, other=0.0).to(CDT)
+    scale = tl.load(scale_ptr + broadcast_offset(e, s1, s2, s3, scale_t0, scale_t1, scale_t2, scale_t3),
                     mask=mask, other=1.0).to(CDT)
     return loc, scale
 
@@ -94,7 +94,7 @@ def _tanh_normal_fwd_kernel(
     MID: tl.constexpr, HALF: tl.constexpr, BR: tl.constexpr, DP: tl.constexpr, NC: tl.constexpr,
     WITH_LOG_PROB: tl.constexpr, FAST_MATH: tl.constexpr, SQUASH: tl.constexpr,
 ):
-    seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_lo, seed_hi, offset_lo, offset_hi = position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
                                                              position_in_memory)
     pid = tl.program_id(0).to(tl.int64)
     IS_FP64: tl.constexpr = a_ptr.dtype.element_ty == tl.float64
@@ -129,7 +129,7 @@ def _tanh_normal_bwd_kernel(
     HAS_GA: tl.constexpr, HAS_GL: tl.constexpr, NEED_LOC: tl.constexpr, NEED_SCALE: tl.constexpr,
     FAST_MATH: tl.constexpr, SQUASH: tl.constexpr,
 ):
-    seed_lo, seed_hi, offset_lo, offset_hi = _position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
+    seed_lo, seed_hi, offset_lo, offset_hi = position_words(seed_offset_ptr, seed_lo, seed_hi, offset_lo, offset_hi,
                                                              position_in_memory)
     pid = tl.program_id(0).to(tl.int64)
     IS_FP64: tl.constexpr = loc_ptr.dtype.element_ty == tl.float64
@@ -223,3 +223,31 @@ def tanh_normal_bwd(grad_a, grad_lp, loc, scale, full_shape, event_dims, half, s
            
         )
     return tuple(None if b is None else reduce_to(b, t.shape).to(t.dtype) for b, t in zip(bufs, (loc, scale)))
+
+
+# The kernel inventory (``inventory.py``): the kernels above, and calls of the launchers that
+# pick each of their variants.
+KERNELS = ("_tanh_normal_fwd_kernel", "_tanh_normal_bwd_kernel")
+
+
+def _cases():
+    from .inventory import LaunchCase
+
+    def t(shape, dt):
+        return torch.empty(shape, dtype=dt)
+
+    out = []
+    # (label, shape, event dims, squash): SAC's tanh policy with and without event dims, and the plain
+    # Normal's fused rsample + event-summed log_prob (Independent)
+    for label, shape, event_dims, squash in (("tanh, no event dims", (4096,), 0, True),
+                                             ("tanh, action of 8", (512, 8), 1, True),
+                                             ("plain, event of 8", (512, 8), 1, False)):
+        batch = shape[: len(shape) - event_dims]
+        out.append(LaunchCase(f"fwd+log_prob {label}", lambda dt, shape=shape, e=event_dims, sq=squash: tanh_normal_fwd(
+            t(shape, dt), t(shape, dt), shape, e, 0.0, 1.0, 1, 2, True, squash=sq)))
+        out.append(LaunchCase(f"bwd {label}", lambda dt, shape=shape, batch=batch, e=event_dims, sq=squash: tanh_normal_bwd(
+            t(shape, dt), t(batch, dt), t(shape, dt), t(shape, dt), shape, e, 1.0, 1, 2, (True, True), squash=sq)))
+    return tuple(out)
+
+
+LAUNCH_CASES = _cases()
