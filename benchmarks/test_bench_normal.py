@@ -15,7 +15,7 @@ import statistics
 import pytest
 import torch
 
-from torchdist_fast import bench
+from torchdist_fast.tools import bench
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SIZES = {"cpu": [2**12, 2**16, 2**20], "cuda": [2**20, 2**24]}

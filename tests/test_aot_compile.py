@@ -12,7 +12,7 @@ import pytest
 def test_all_kernels_compile_for_sm80_and_sm90():
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # real JIT kernels
-    res = subprocess.run([sys.executable, "-m", "torchdist_fast.aot", "--targets", "80", "90"],
+    res = subprocess.run([sys.executable, "-m", "torchdist_fast.tools.aot", "--targets", "80", "90"],
                          env=env, capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     summary = re.search(r"all kernels compiled: (\d+) kernels, (\d+) variants, (\d+) compiles", res.stdout)
@@ -35,7 +35,7 @@ def test_all_kernels_compile_for_sm80_and_sm90():
 
 def test_kernel_specs_are_the_inventory():
     pytest.importorskip("triton")
-    from torchdist_fast import aot
+    from torchdist_fast.tools import aot
     from torchdist_fast.triton_kernels import inventory
 
     specs = aot.kernel_specs()

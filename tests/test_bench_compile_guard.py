@@ -2,7 +2,7 @@
 breaks the graph, recompiles on every call, or is not compiled at all gets its rows refused."""
 import torch
 
-from torchdist_fast import bench
+from torchdist_fast.tools import bench
 
 SIZES = {"cpu": [4, 16]}
 

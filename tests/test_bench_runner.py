@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import torchdist_fast
-from torchdist_fast import bench
+from torchdist_fast.tools import bench
 
 RESULT_KEYS = {
     "device", "dtype", "op", "mode", "size", "impl", "median_s", "min_s", "max_s", "repeats", "gbps",

@@ -1,8 +1,8 @@
 """The static cost model: SASS parsing and hot-path rules, and the CI gate on every kernel variant.
 
-``python -m torchdist_fast.cost_model --quick --check`` compiles the float32 and bfloat16
+``python -m torchdist_fast.tools.cost_model --quick --check`` compiles the float32 and bfloat16
 variants for sm_90 as launched at N = 2**24, counts the hot-path instructions and fails on
-spills or on a variant past its committed threshold (torchdist_fast/cost_model_thresholds.json,
+spills or on a variant past its committed threshold (torchdist_fast/tools/cost_model_thresholds.json,
 one table per Triton major.minor: the releases emit different SASS).
 """
 import json
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from torchdist_fast import cost_model as cm
+from torchdist_fast.tools import cost_model as cm
 
 SASS = """
         /*0000*/                   LDC R1, c[0x0][0x28] ;                       /* 0x00000a00ff017b82 */
@@ -116,7 +116,7 @@ def test_issue_targets_in_committed_results():
 def test_cost_model_gate_sm90():
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # real JIT kernels
-    res = subprocess.run([sys.executable, "-m", "torchdist_fast.cost_model", "--quick", "--check"],
+    res = subprocess.run([sys.executable, "-m", "torchdist_fast.tools.cost_model", "--quick", "--check"],
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     assert "all variants within thresholds" in res.stdout

@@ -93,3 +93,48 @@ def test_the_parser_sees_markers_and_fences(tmp_path):
     assert [(b["lang"], b["line"], b["skip"]) for b in blocks] == [
         ("python", 4, "needs a CUDA device"), ("bash", 8, None), ("python", 13, None)]
     assert blocks[2]["code"] == "y = 2\n"
+
+
+COMMAND = re.compile(r"python3? -m (torchdist_fast[\w.]*)")
+COMMAND_PAGES = PAGES + [ROOT / "benchmarks" / "README.md"]
+
+
+def documented_commands() -> dict:
+    """Every ``python -m torchdist_fast...`` a page names: module -> the pages naming it."""
+    found: dict = {}
+    for page in COMMAND_PAGES:
+        for module in COMMAND.findall(page.read_text()):
+            if not module.endswith("."):  # ``python -m torchdist_fast.tools.<name>``: a pattern, not a command
+                found.setdefault(module, set()).add(page_id(page))
+    return found
+
+
+def missing_commands(commands: dict) -> dict:
+    """The documented commands ``python -m`` would not find (module -> pages), found without
+    importing the tools (importlib locates the file; a package needs its ``__main__``)."""
+    import importlib.util
+
+    missing = {}
+    for module, pages in commands.items():
+        try:
+            spec = importlib.util.find_spec(module)
+        except ModuleNotFoundError:  # a parent package that does not exist
+            spec = None
+        if spec is None or (spec.submodule_search_locations is not None
+                            and importlib.util.find_spec(module + ".__main__") is None):
+            missing[module] = sorted(pages)
+    return missing
+
+
+def test_documented_commands_exist():
+    """Each command the docs name is a runnable module: no page names a path that moved."""
+    commands = documented_commands()
+    assert "torchdist_fast" in commands and "torchdist_fast.tools.gpu_check" in commands
+    assert not missing_commands(commands)
+
+
+def test_the_command_check_sees_a_moved_path(tmp_path):
+    assert missing_commands({"torchdist_fast.gpu_check_that_moved": {"page.md"},
+                             "torchdist_fast.nowhere.tool": {"page.md"},
+                             "torchdist_fast.tools.aot": {"page.md"}}) == {
+        "torchdist_fast.gpu_check_that_moved": ["page.md"], "torchdist_fast.nowhere.tool": ["page.md"]}

@@ -1,4 +1,4 @@
-"""python -m torchdist_fast.gpu_check: the plans, the CLI, skipping without CUDA, the runner's
+"""python -m torchdist_fast.tools.gpu_check: the plans, the CLI, skipping without CUDA, the runner's
 records and logs, and the summary built from each step's outputs (fed with recorded or synthetic
 outputs here: no GPU needed). The rehearsal of a whole plan is tests/test_gpu_check_rehearsal.py."""
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from torchdist_fast import gpu_check, gpu_plan
+from torchdist_fast.tools import gpu_check, gpu_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_CUDA = not torch.cuda.is_available()
@@ -20,7 +20,7 @@ NO_CUDA = not torch.cuda.is_available()
 
 def _cli(*args, timeout=180):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    return subprocess.run([sys.executable, "-m", "torchdist_fast.gpu_check", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "torchdist_fast.tools.gpu_check", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=ROOT)
 
 
@@ -288,7 +288,7 @@ def test_summary_from_stage_outputs(tmp_path):
 
 def _headline_results(tmp_path) -> Path:
     """A headline results JSON as bench writes it on CUDA (synthetic numbers)."""
-    from torchdist_fast import bench
+    from torchdist_fast.tools import bench
 
     rows = []
     for dtype in ("float32", "bfloat16"):
@@ -340,7 +340,7 @@ def test_ncu_workload_runs_on_cpu():
 
 
 def test_summary_of_the_host_and_steps_stages(tmp_path):
-    from torchdist_fast import host_overhead
+    from torchdist_fast.tools import host_overhead
 
     (tmp_path / "host").mkdir()
     (tmp_path / "steps").mkdir()
@@ -367,7 +367,7 @@ def test_summary_stage_rewrites_a_results_folder(tmp_path):
 
 def test_the_copy_kernel_copies_and_reports_its_rate():
     """The reference of every "% of copy": a kernel (ncu lists it), under the interpreter here."""
-    from torchdist_fast import device_copy
+    from torchdist_fast.tools import device_copy
 
     src = torch.randn(5000)
     dst = torch.empty_like(src)

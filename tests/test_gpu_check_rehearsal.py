@@ -16,7 +16,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from torchdist_fast import gpu_check, gpu_plan
+from torchdist_fast.tools import gpu_check, gpu_plan
 
 PLAN = gpu_check.FIRST_CONTACT
 # step: (stand-in seconds, budget seconds): headline overruns its budget

@@ -1,4 +1,4 @@
-"""The GPU check's time estimates (torchdist_fast/gpu_estimate.py, gpu_check_data.json) and the
+"""The GPU check's time estimates (torchdist_fast/tools/gpu_estimate.py, gpu_check_data.json) and the
 pytest plugin that counts kernel variants and picks the silicon cases (gpu_check_pytest.py).
 
 The committed counts cannot go stale silently: the fingerprint of what they depend on is
@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from torchdist_fast import gpu_check, gpu_estimate, gpu_plan
-from torchdist_fast.gpu_check_pytest import normalized_id, read_cases
+from torchdist_fast.tools import gpu_check, gpu_estimate, gpu_plan
+from torchdist_fast.tools.gpu_check_pytest import normalized_id, read_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = gpu_estimate.load()
 
 
 def test_data_holds_counted_measured_and_assumed_numbers():
-    from torchdist_fast.cost_model import triton_key
+    from torchdist_fast.tools.cost_model import triton_key
 
     assert "triton 3.6" in DATA["compile"]  # the GPU machine's Triton
     for key, measured in DATA["compile"].items():
@@ -54,7 +54,7 @@ def test_the_counts_are_current_and_every_silicon_case_is_collected():
     collected = gpu_estimate.collect_candidates()
     assert gpu_estimate.fingerprint(collected) == DATA["fingerprint"], (
         "the kernels, the silicon candidates or the counting workloads changed since gpu_check_data.json was counted: "
-        "run `python -m torchdist_fast.gpu_estimate --recount` and commit gpu_check_data.json and "
+        "run `python -m torchdist_fast.tools.gpu_estimate --recount` and commit gpu_check_data.json and "
         "gpu_check_silicon_cases.txt")
     cases = read_cases(gpu_check.SILICON_CASES)
     functions = {c for c in cases if "[" not in c}
@@ -128,7 +128,7 @@ def _collect(tmp_path, *args):
     (tmp_path / "test_plugin_case.py").write_text(PLUGIN_TESTS)
     record = tmp_path / "record.json"
     res = subprocess.run([sys.executable, "-m", "pytest", str(tmp_path / "test_plugin_case.py"), "--collect-only", "-q",
-                          "-p", "no:cacheprovider", "-p", "torchdist_fast.gpu_check_pytest", "--rootdir", str(tmp_path),
+                          "-p", "no:cacheprovider", "-p", "torchdist_fast.tools.gpu_check_pytest", "--rootdir", str(tmp_path),
                           "--record-kernel-variants", str(record), *args], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     return json.loads(record.read_text())["collected"]
@@ -154,7 +154,7 @@ def test_plugin_records_the_launches_of_each_test(tmp_path):
         "    philox_randn((70,), 1, 2, torch.float32, 'cpu')\n    philox_randn((128,), 3, 4, torch.float32, 'cpu')\n")
     record = tmp_path / "record.json"
     res = subprocess.run([sys.executable, "-m", "pytest", str(tmp_path / "test_launch.py"), "-q", "-p", "no:cacheprovider",
-                          "-p", "torchdist_fast.gpu_check_pytest", "--rootdir", str(tmp_path), "--record-kernel-variants",
+                          "-p", "torchdist_fast.tools.gpu_check_pytest", "--rootdir", str(tmp_path), "--record-kernel-variants",
                           str(record)], capture_output=True, text=True, cwd=tmp_path, env=gpu_estimate.interpreted_env())
     assert res.returncode == 0, res.stdout + res.stderr
     launches = json.loads(record.read_text())["launches"]["test_launch.py::test_two_sizes"]

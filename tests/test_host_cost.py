@@ -11,7 +11,8 @@ import torch
 from conftest import INTERPRET
 
 import torchdist_fast
-from torchdist_fast import host_overhead, rng
+from torchdist_fast import rng
+from torchdist_fast.tools import host_overhead
 
 
 def _no(name):
@@ -60,7 +61,7 @@ def _cli(module, *args, timeout=300):
 
 def test_host_overhead_benchmark_runs(tmp_path):
     out = tmp_path / "host.json"
-    res = _cli("torchdist_fast.host_overhead", "--calls", "50", "--repeats", "1", "--json", str(out))
+    res = _cli("torchdist_fast.tools.host_overhead", "--calls", "50", "--repeats", "1", "--json", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     data = json.loads(out.read_text())
     assert set(data["rows"]) == {"rsample", "rsample_and_log_prob", "log_prob", "tanh_normal rsample_and_log_prob"}
@@ -72,13 +73,13 @@ def test_host_overhead_benchmark_runs(tmp_path):
 
 
 def test_host_overhead_refuses_bad_flags():
-    res = _cli("torchdist_fast.host_overhead", "--calls", "0", timeout=60)
+    res = _cli("torchdist_fast.tools.host_overhead", "--calls", "0", timeout=60)
     assert res.returncode == 2 and "--calls, --repeats and --threads must be at least 1" in res.stderr
 
 
 def test_step_rate_benchmark_runs(tmp_path):
     out = tmp_path / "steps.json"
-    res = _cli("torchdist_fast.step_rate", "--steps", "3", "--modes", "eager", "--json", str(out))
+    res = _cli("torchdist_fast.tools.step_rate", "--steps", "3", "--modes", "eager", "--json", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {f"{t} | eager | {i}" for t in ("sac", "reinforce") for i in ("torch", "torchdist_fast")}

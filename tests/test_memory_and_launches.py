@@ -3,7 +3,8 @@ import pytest
 import torch
 
 import torchdist_fast  # noqa: F401
-from torchdist_fast import bench, rng
+from torchdist_fast import rng
+from torchdist_fast.tools import bench
 
 OPS = torch.ops.torchdist_fast
 N = 4096

@@ -4,7 +4,7 @@ import json
 import re
 from pathlib import Path
 
-from torchdist_fast import bench
+from torchdist_fast.tools import bench
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench-summary:start -->", "<!-- bench-summary:end -->"
@@ -43,7 +43,7 @@ def test_committed_compile_rows_ran_compiled_code():
 
 
 def test_readme_headline_is_generated_from_the_committed_results():
-    from torchdist_fast import headline
+    from torchdist_fast.tools import headline
 
     block = headline.readme_block((ROOT / "README.md").read_text())
     assert block.strip() == headline.headline().strip()
@@ -52,7 +52,7 @@ def test_readme_headline_is_generated_from_the_committed_results():
 
 
 def test_headline_prefers_a_committed_gpu_run(tmp_path, monkeypatch):
-    from torchdist_fast import headline
+    from torchdist_fast.tools import headline
 
     run = tmp_path / "benchmarks" / "results" / "gpu-20990101"
     run.mkdir(parents=True)

@@ -121,7 +121,8 @@ def test_the_draw_op_puts_the_pair_where_the_kernels_read_it():
 
 _SAME_KERNEL = r"""
 import torch
-from torchdist_fast import cost_model as cm, rng
+from torchdist_fast import rng
+from torchdist_fast.tools import cost_model as cm
 from torchdist_fast.triton_kernels import normal_rsample as nr, philox, tanh_normal as tk
 from torchdist_fast.triton_kernels.layout import force_fast_math
 

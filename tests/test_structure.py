@@ -21,8 +21,9 @@ LAYERS = [
     {"patching"},
     {"streams"},  # the documented older path of rng's per-rank seeds: an alias on top
 ]
-TOOLING = {"aot", "bench", "cost_model", "device_copy", "gpu_check", "gpu_check_pytest", "gpu_estimate", "gpu_plan",
-           "gpu_workloads", "headline", "host_overhead", "step_rate", "__main__", "examples"}
+# Outside the layers: the tooling (torchdist_fast.tools: benchmark runner, host overhead, step rates,
+# cost model, AOT check, GPU check), the examples, and the main job (``python -m torchdist_fast``).
+TOOLING = {"tools", "examples", "__main__"}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -168,3 +169,19 @@ def test_older_documented_paths_still_work():
     assert torchdist_fast.distribution.is_patched is patching.is_patched
     assert torchdist_fast.distribution.patch is patching.patch is torchdist_fast.patch
     assert torchdist_fast.ops.kernels_in_cpu_graphs is torchdist_fast.ops.inductor.kernels_in_cpu_graphs
+
+
+def test_runtime_imports_no_tooling():
+    """The runtime (every layered module) never imports the tooling, the examples or the main job:
+    ``pip install`` users get a runtime that does not drag in the benchmark runner or the GPU check."""
+    tooling = tuple(f"torchdist_fast.{t}" for t in TOOLING)
+    found = [f"{name} -> {dep}" for name, deps in _graph(include_compat=True).items() if _layer(name) is not None
+             for dep in deps if dep in tooling or dep.startswith(tuple(t + "." for t in tooling))]
+    assert not found, found
+
+
+def test_the_tooling_check_sees_a_tooling_import(monkeypatch):
+    graph = {"torchdist_fast.rng": {"torchdist_fast.tools.bench"}}
+    monkeypatch.setitem(globals(), "_graph", lambda include_compat: graph)
+    with pytest.raises(AssertionError, match="rng -> torchdist_fast.tools.bench"):
+        test_runtime_imports_no_tooling()

@@ -34,7 +34,7 @@ def _parse_size(text: str) -> int:
 
 
 def _parse_op_mode(text: str) -> tuple:
-    from torchdist_fast.bench import parse_op_mode
+    from torchdist_fast.tools.bench import parse_op_mode
 
     try:
         return parse_op_mode(text)
@@ -86,7 +86,7 @@ def _progress(total: int):
 
 
 def main(argv=None) -> int:
-    from torchdist_fast.bench import ALL_OPS, DTYPES_CHOICES, MODES, OPS
+    from torchdist_fast.tools.bench import ALL_OPS, DTYPES_CHOICES, MODES, OPS
 
     parser = argparse.ArgumentParser(prog="python -m torchdist_fast", description=__doc__.splitlines()[0])
     parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], help="default: every available one")
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     import torch
 
     import torchdist_fast
-    from torchdist_fast import bench
+    from torchdist_fast.tools import bench
 
     available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     devices = args.devices or available

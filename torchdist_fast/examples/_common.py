@@ -175,7 +175,7 @@ class SavedTensorBytes:
     (inputs and parameters, which exist anyway). Each storage is counted once, however many
     times it is saved: this is memory held until backward, not a count of references.
 
-    The same measurement as ``torchdist_fast.bench.saved_bytes_per_element`` (which counts per
+    The same measurement as ``torchdist_fast.tools.bench.saved_bytes_per_element`` (which counts per
     saved reference), for a whole training step; what a CPU run reports in place of a peak.
     """
 
@@ -222,7 +222,7 @@ def peak_bytes(device: torch.device) -> int | None:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from torchdist_fast.bench import cpu_name
+    from torchdist_fast.tools.bench import cpu_name
 
     return cpu_name()
 

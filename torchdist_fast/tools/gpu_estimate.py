@@ -18,10 +18,10 @@ every graph torch.compile builds costs Inductor's codegen and compiles. ``gpu_ch
   ids) and the counting workloads; ``tests/test_gpu_estimate.py`` fails when it changed, so the
   counts cannot go stale silently.
 
-``python -m torchdist_fast.gpu_estimate --recount`` recounts, re-measures, re-chooses the silicon
+``python -m torchdist_fast.tools.gpu_estimate --recount`` recounts, re-measures, re-chooses the silicon
 cases (``gpu_check_silicon_cases.txt``) and rewrites the data (a few minutes on 2 CPU cores);
 ``--measure`` only re-measures the compile time with this environment's Triton (run it in the GPU
-machine's stack too: ``.venv-gpu-stack``); ``python -m torchdist_fast.gpu_estimate`` prints the
+machine's stack too: ``.venv-gpu-stack``); ``python -m torchdist_fast.tools.gpu_estimate`` prints the
 estimates. They are estimates: no number in
 the data was measured on a GPU.
 """
@@ -38,7 +38,7 @@ import tempfile
 from pathlib import Path
 
 DATA_PATH = Path(__file__).with_name("gpu_check_data.json")
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # torchdist_fast
 ROOT = PACKAGE.parent
 
 
@@ -64,7 +64,7 @@ def _bench_rows(dtypes, op_modes, sizes):
     import torch
 
     import torchdist_fast
-    from torchdist_fast import bench
+    from torchdist_fast.tools import bench
 
     for dtype in dtypes:
         for op, mode in op_modes:
@@ -75,32 +75,32 @@ def _bench_rows(dtypes, op_modes, sizes):
 
 def workload_headline():
     """gpu_check's headline rows. Every size from 2^8 up is a multiple of 16: one specialization."""
-    from torchdist_fast import bench, gpu_workloads
+    from torchdist_fast.tools import bench, gpu_workloads
 
     _bench_rows(gpu_workloads.HEADLINE_DTYPES, [bench.parse_op_mode(t) for t in gpu_workloads.HEADLINE_OP_MODES], [256])
 
 
 def _bench_sweep(dtype, ops):
-    from torchdist_fast import bench
+    from torchdist_fast.tools import bench
 
     # sizes 2^0..2^28: 1 (ints equal to 1 are specialized), 4 (numel % 16 != 0: a tail launch), 16 and up
     _bench_rows((dtype,), bench.combos(ops), [1, 4, 16, 256])
 
 
 def workload_bench_fp32():
-    from torchdist_fast import bench
+    from torchdist_fast.tools import bench
 
     _bench_sweep("float32", bench.OPS)
 
 
 def workload_bench_bf16():
-    from torchdist_fast import bench
+    from torchdist_fast.tools import bench
 
     _bench_sweep("bfloat16", bench.OPS)
 
 
 def workload_bench_family():
-    from torchdist_fast import bench
+    from torchdist_fast.tools import bench
 
     _bench_sweep("float32", bench.FAMILY_OPS)
 
@@ -132,13 +132,13 @@ def workload_graphs():
 
 
 def workload_ncu():
-    from torchdist_fast import gpu_workloads
+    from torchdist_fast.tools import gpu_workloads
 
     gpu_workloads.workload_ncu("cpu", n=64)
 
 
 def workload_memcheck():
-    from torchdist_fast import gpu_workloads
+    from torchdist_fast.tools import gpu_workloads
 
     gpu_workloads.workload_ops("cpu")
 
@@ -171,7 +171,7 @@ def interpreted_env() -> dict:
 
 def count_workload(name: str) -> dict:
     """``count_workload_here`` in a fresh interpreted process."""
-    res = subprocess.run([sys.executable, "-m", "torchdist_fast.gpu_estimate", "--count-workload", name],
+    res = subprocess.run([sys.executable, "-m", "torchdist_fast.tools.gpu_estimate", "--count-workload", name],
                          capture_output=True, text=True, env=interpreted_env(), cwd=ROOT, timeout=1800)
     if res.returncode != 0:
         raise RuntimeError(f"counting {name} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
@@ -182,7 +182,7 @@ def count_tests(selection, *pytest_args, workers: int = 0, collect_only: bool = 
     """The variant record (``gpu_check_pytest``) of running (or collecting) ``selection`` under the interpreter."""
     with tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "variants.json"
-        argv = [sys.executable, "-m", "pytest", *selection, "-q", "-p", "no:cacheprovider", "-p", "torchdist_fast.gpu_check_pytest",
+        argv = [sys.executable, "-m", "pytest", *selection, "-q", "-p", "no:cacheprovider", "-p", "torchdist_fast.tools.gpu_check_pytest",
                 "--record-kernel-variants", str(record), *pytest_args]
         if collect_only:
             argv.append("--collect-only")
@@ -253,7 +253,7 @@ def silicon_counts(record: dict, cases: list, always: tuple) -> dict:
 
 def write_cases(cases: list, always: tuple, path: Path) -> None:
     lines = ["# The silicon step's test cases (gpu_check.SILICON_CASES), read by `pytest --kernel-cases`.",
-             "# Written by `python -m torchdist_fast.gpu_estimate --recount`: from gpu_check.SILICON_CANDIDATES, the",
+             "# Written by `python -m torchdist_fast.tools.gpu_estimate --recount`: from gpu_check.SILICON_CANDIDATES, the",
              "# fewest-compiles set whose launches take every kernel, dtype (float32, bfloat16), code-path constexpr",
              "# value and tail launch that the candidates take; then gpu_check.SILICON_ALWAYS whole. Ids are without",
              "# the device parameter (cpu under the interpreter, cuda on a GPU).", ""]
@@ -275,7 +275,7 @@ def _compile_launches():
     tiled, float32 and bfloat16."""
     import torch
 
-    from . import triton_kernels as tk
+    from .. import triton_kernels as tk
 
     for dtype in (torch.float32, torch.bfloat16):
         a, b = torch.empty(4096, dtype=dtype), torch.empty(4096, dtype=dtype)
@@ -300,7 +300,7 @@ def measure_compile_here() -> dict:
     import triton
 
     from . import bench, cost_model
-    from .triton_kernels.layout import force_fast_math
+    from ..triton_kernels.layout import force_fast_math
 
     with force_fast_math(True), cost_model.captured_launches() as calls:
         _compile_launches()
@@ -323,7 +323,7 @@ def measure_compile_here() -> dict:
 
 
 def _run_json(flag: str, env: dict) -> dict:
-    res = subprocess.run([sys.executable, "-m", "torchdist_fast.gpu_estimate", flag], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "torchdist_fast.tools.gpu_estimate", flag], capture_output=True, text=True,
                          env=env, cwd=ROOT, timeout=1800)
     if res.returncode != 0:
         raise RuntimeError(f"{flag} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
@@ -422,7 +422,7 @@ def recount(workers: int = 2, verbose=print) -> dict:
     verbose("measuring compile times ...")
     compile_time = {**old.get("compile", {}), **measured_compile()}
     data = {
-        "note": "Inputs of the GPU check's time estimates (python -m torchdist_fast.gpu_estimate). counts and compile are "
+        "note": "Inputs of the GPU check's time estimates (python -m torchdist_fast.tools.gpu_estimate). counts and compile are "
                 "rewritten by --recount; assumed is edited by hand, each number with its reason. Nothing here was measured "
                 "on a GPU.",
         "fingerprint": fingerprint(record["collected"]),
@@ -540,13 +540,13 @@ def check_current(data: dict | None = None) -> list:
     now = fingerprint(collect_candidates())
     if now != data["fingerprint"]:
         return [f"gpu_check_data.json was counted for fingerprint {data['fingerprint']}, the code is now {now}: "
-                "run `python -m torchdist_fast.gpu_estimate --recount` and commit gpu_check_data.json and "
+                "run `python -m torchdist_fast.tools.gpu_estimate --recount` and commit gpu_check_data.json and "
                 "gpu_check_silicon_cases.txt"]
     return []
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m torchdist_fast.gpu_estimate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m torchdist_fast.tools.gpu_estimate", description=__doc__.splitlines()[0])
     p.add_argument("--recount", action="store_true", help="recount, re-measure, re-choose the silicon cases; rewrite the data")
     p.add_argument("--measure", action="store_true", help="re-measure the compile time with this environment's Triton only")
     p.add_argument("--workers", type=int, default=2, help="pytest-xdist workers for the recount (default 2)")

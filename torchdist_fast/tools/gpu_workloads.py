@@ -19,11 +19,11 @@ NCU_SIZE = 2**24
 NCU_METRICS = ("gpu__time_duration.sum", "dram__bytes_read.sum", "dram__bytes_write.sum",
                "dram__throughput.avg.pct_of_peak_sustained_elapsed")
 NO_INTERPRET = {"TRITON_INTERPRET": None}
-PYTEST_PLUGIN = "torchdist_fast.gpu_check_pytest"
+PYTEST_PLUGIN = "torchdist_fast.tools.gpu_check_pytest"
 SILICON_CASES = Path(__file__).with_name("gpu_check_silicon_cases.txt")
 
 # The silicon step picks its cases from these tests (SILICON_CASES, chosen by
-# ``python -m torchdist_fast.gpu_estimate --recount``: every kernel, dtype, code-path constexpr
+# ``python -m torchdist_fast.tools.gpu_estimate --recount``: every kernel, dtype, code-path constexpr
 # value and tail launch at least once, in float32 and bfloat16, with the fewest compiles) ...
 SILICON_CANDIDATES = (
     "tests/test_philox_stream.py::test_triton_words_equal_reference",
@@ -98,7 +98,7 @@ def workload_ops(device: str = "cuda") -> int:
         calls += 1
     if device == "cuda":
         torch.cuda.synchronize()
-        from . import cuda_backend
+        from .. import cuda_backend
 
         if cuda_backend.available():
             with torchdist_fast.gpu_kernel("cuda"):

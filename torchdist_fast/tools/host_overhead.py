@@ -1,4 +1,4 @@
-"""``python -m torchdist_fast.host_overhead``: host time per call of the sampling path, kernels aside.
+"""``python -m torchdist_fast.tools.host_overhead``: host time per call of the sampling path, kernels aside.
 
 At RL batch sizes (256 x 8 here) a sampling call is bound by the host: Python, dispatch and
 launch preparation, not the GPU. This benchmark times torchdist_fast's whole per-call Python
@@ -47,7 +47,7 @@ def _no_op(*args, **kwargs):
 @contextlib.contextmanager
 def no_kernel_launches():
     """Every ``*_kernel`` of ``torchdist_fast.triton_kernels`` replaced by ``_NoLaunch``."""
-    from . import triton_kernels
+    from .. import triton_kernels
 
     saved = []
     for info in pkgutil.iter_modules(triton_kernels.__path__):
@@ -85,7 +85,7 @@ class OffsetGenerator:
 def offset_generator_as_default():
     """``rng.default_generator`` returns an ``OffsetGenerator`` (device type "cuda", as the rule
     for CUDA generators keys on it) instead of the CPU generator."""
-    from . import rng
+    from .. import rng
 
     gen = OffsetGenerator(1234, "cuda")
     saved = rng.default_generator
@@ -145,11 +145,11 @@ def measure(device: str = "cpu", shape=(256, 8), calls: int = 2000, repeats: int
     """Rows {op: {column: seconds per call, best of ``repeats`` interleaved rounds}} plus the environment."""
     import torch
 
-    from .settings import cpu_kernel, cpu_sampling
+    from ..settings import cpu_kernel, cpu_sampling
 
     if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the CPU run needs TRITON_INTERPRET=1 before Triton is imported "
-                           "(`python -m torchdist_fast.host_overhead` sets it)")
+                           "(`python -m torchdist_fast.tools.host_overhead` sets it)")
     loc = torch.randn(shape, device=device).requires_grad_()
     scale = (torch.rand(shape, device=device) + 0.5).requires_grad_()
     settings = contextlib.ExitStack()
@@ -197,7 +197,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m torchdist_fast.host_overhead", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m torchdist_fast.tools.host_overhead", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--calls", type=int, default=2000, help="calls per timing (default 2000)")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds, the best reported (default 7)")

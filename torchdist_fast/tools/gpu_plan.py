@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAX_ARCHIVE_BYTES = 16 * 2**20   # what one file brought back from a GPU machine may hold
 MAX_LOG_BYTES = 2 * 2**20        # a longer log keeps its head and tail
 CHECKPOINT_EVERY_S = 30.0        # re-pack while a long step runs

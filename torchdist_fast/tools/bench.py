@@ -265,7 +265,7 @@ def implementations(device: str):
         "torchdist_fast": (torchdist_fast.Normal, False, contextlib.nullcontext),
     }
     if device == "cuda":
-        from . import cuda_backend
+        from .. import cuda_backend
 
         if cuda_backend.available():  # the hand-written CUDA C++ backend, when built
             impls["torchdist_fast[cuda]"] = (torchdist_fast.Normal, False, lambda: torchdist_fast.gpu_kernel("cuda"))
@@ -332,7 +332,7 @@ def wall_and_host(fn, input_sets, device: str, repeats: int):
 def seed_offset_draw_s(device: str, n: int, repeats: int = 200) -> float:
     """Median host time of torchdist_fast's stream-position draw for n elements (one part of our
     per-call host cost; op dispatch and launch preparation are the rest)."""
-    from .functional import draw_seed_offset
+    from ..functional import draw_seed_offset
 
     dev = torch.device(device)
     draw_seed_offset(dev, n)
@@ -944,8 +944,8 @@ def summary_markdown(data: dict, path_label: str) -> str:
 
 
 if __name__ == "__main__":
-    # python -m torchdist_fast.bench RESULTS.json: the benchmarks page's summary of a recorded run
+    # python -m torchdist_fast.tools.bench RESULTS.json: the benchmarks page's summary of a recorded run
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m torchdist_fast.bench RESULTS.json")
+        raise SystemExit("usage: python -m torchdist_fast.tools.bench RESULTS.json")
     with open(sys.argv[1]) as f:
         print(summary_markdown(json.load(f), sys.argv[1]), end="")

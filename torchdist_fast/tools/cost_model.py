@@ -1,6 +1,6 @@
 """Static cost model: every kernel variant the ops launch, compiled for sm_90, counted, and timed on paper.
 
-``python -m torchdist_fast.cost_model`` runs each launcher of ``triton_kernels`` on CPU
+``python -m torchdist_fast.tools.cost_model`` runs each launcher of ``triton_kernels`` on CPU
 tensors of the benchmark size (N = 2**24 elements) with ``JITFunction.run`` intercepted: the
 launch is not executed, it is compiled for ``GPUTarget("cuda", 90, 32)`` exactly as Triton
 would specialize it at that launch (the same binder: ints equal to 1 become constants, ints
@@ -50,7 +50,7 @@ COPY_BW = 3.0e12            # bytes / s
 EFFICIENCY = 0.8
 TARGET = 90
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS_JSON = ROOT / "benchmarks" / "results" / "cost-model-sm90.json"
 THRESHOLDS_JSON = Path(__file__).resolve().with_name("cost_model_thresholds.json")
 
@@ -214,7 +214,7 @@ class Launch:
 def captured_launches():
     """Intercept ``JITFunction.run``: record (kernel, args, kwargs, grid) instead of launching
     (``triton_kernels.inventory.captured_launches``, which the kernel inventory also runs on)."""
-    from .triton_kernels.inventory import captured_launches as capture
+    from ..triton_kernels.inventory import captured_launches as capture
 
     return capture()
 
@@ -291,7 +291,7 @@ def _variants(n: int, dtypes=("fp32", "fp64", "fp16", "bf16"), quick=False):
     """Every variant the ops can launch: dtype x layout pattern x op direction."""
     import torch
 
-    from . import triton_kernels as tk
+    from .. import triton_kernels as tk
 
     D = 768                      # the row length of the row pattern (a hidden size)
     R = n // D                   # rows: R * D <= n, a multiple of 16 elements
@@ -373,7 +373,7 @@ def _other_variants(n, dtypes, t, seed, offset):
     its backward branch: what a thread executes."""
     import torch
 
-    from .triton_kernels import normal_event_sum, normal_kl, philox, tanh_normal
+    from ..triton_kernels import normal_event_sum, normal_kl, philox, tanh_normal
 
     out = []
     A = 8                         # an action dimension (TanhNormal: rows of A, event-summed log-prob)
@@ -423,7 +423,7 @@ def launched_kernels(n: int = 2**12, dtypes=("fp32", "fp64", "fp16", "bf16")) ->
 
 def force_fast_math():
     """The launchers pick FAST_MATH from the device; the model compiles what CUDA runs."""
-    from .triton_kernels import layout
+    from ..triton_kernels import layout
 
     return layout.force_fast_math(True) if hasattr(layout, "force_fast_math") else contextlib.nullcontext()
 
@@ -594,7 +594,7 @@ def thresholds_from(rows, slack=0.05) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m torchdist_fast.cost_model", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m torchdist_fast.tools.cost_model", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=N_DEFAULT)
     parser.add_argument("--dtypes", nargs="+", default=list(ITEMSIZE), choices=list(ITEMSIZE))
     parser.add_argument("--quick", action="store_true", help="fp32 and bf16, fewer patterns (the CI set)")
@@ -612,7 +612,7 @@ def main(argv=None) -> int:
     print(markdown_table(rows))
     if args.markdown:
         args.markdown.write_text(f"Static cost model, sm_90, N = {args.n}, issue efficiency {args.efficiency} "
-                                 "(predictions, not measurements; `python -m torchdist_fast.cost_model`).\n\n"
+                                 "(predictions, not measurements; `python -m torchdist_fast.tools.cost_model`).\n\n"
                                  + markdown_table(rows) + "\n")
     out = args.json or (RESULTS_JSON if args.write else None)
     if out:

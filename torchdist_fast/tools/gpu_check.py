@@ -1,12 +1,12 @@
-"""``python -m torchdist_fast.gpu_check``: what to run in a short GPU window, timed, into one archive.
+"""``python -m torchdist_fast.tools.gpu_check``: what to run in a short GPU window, timed, into one archive.
 
 For a GPU machine lent briefly (torch, triton, pytest-xdist preinstalled, no network), from the
 repository root (nothing to install):
 
-    python -m torchdist_fast.gpu_check --out DIR           # the first-contact plan, <= 9 minutes
-    python -m torchdist_fast.gpu_check --plan suite --out DIR   # one of the later plans
-    python -m torchdist_fast.gpu_check --dry-run           # every plan, its commands and time estimates
-    python -m torchdist_fast.gpu_check --stage headline    # single stages (repeat --stage for several)
+    python -m torchdist_fast.tools.gpu_check --out DIR           # the first-contact plan, <= 9 minutes
+    python -m torchdist_fast.tools.gpu_check --plan suite --out DIR   # one of the later plans
+    python -m torchdist_fast.tools.gpu_check --dry-run           # every plan, its commands and time estimates
+    python -m torchdist_fast.tools.gpu_check --stage headline    # single stages (repeat --stage for several)
 
 The first-contact plan (the default): env (versions, copy bandwidth measured with a copy kernel),
 build (the CUDA C++ extension, in the background, out of tree, not fatal), silicon (every kernel
@@ -85,7 +85,7 @@ def extension_build_dir(ctx: Context) -> Path:
 # ----------------------------------------------------------------------------- the steps
 def steps_by_name() -> dict:
     def env_cmds(ctx):
-        return [Command(_py("-m", "torchdist_fast.gpu_check", "--workload", "env", "--results", str(ctx.results)), NO_INTERPRET)]
+        return [Command(_py("-m", "torchdist_fast.tools.gpu_check", "--workload", "env", "--results", str(ctx.results)), NO_INTERPRET)]
 
     def build_cmds(ctx):
         # out of tree (the .so must not land in the repository, where later runs would pick it up);
@@ -116,14 +116,14 @@ def steps_by_name() -> dict:
     def memcheck_cmds(ctx):
         return [Command(["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "1", "--target-processes", "all",
                          "--log-file", str(ctx.results / "memcheck" / "memcheck.log"),
-                         *_py("-m", "torchdist_fast.gpu_check", "--workload", "ops")],
+                         *_py("-m", "torchdist_fast.tools.gpu_check", "--workload", "ops")],
                         {**NO_INTERPRET, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"})]
 
     def ncu_cmds(ctx):
         return [Command(["ncu", "--profile-from-start", "off", "--target-processes", "all", "--csv", "--page", "raw",
                          "--print-units", "base", "--metrics", ",".join(NCU_METRICS),
                          "--log-file", str(ctx.results / "ncu" / "ncu.csv"),
-                         *_py("-m", "torchdist_fast.gpu_check", "--workload", "ncu")], NO_INTERPRET)]
+                         *_py("-m", "torchdist_fast.tools.gpu_check", "--workload", "ncu")], NO_INTERPRET)]
 
     def bench_cmds(dtype, ops=()):
         def cmds(ctx):
@@ -145,11 +145,11 @@ def steps_by_name() -> dict:
                 Command(_py("-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-e", "."))]
 
     def host_cmds(ctx):
-        return [Command(_py("-m", "torchdist_fast.host_overhead", "--device", "cuda",
+        return [Command(_py("-m", "torchdist_fast.tools.host_overhead", "--device", "cuda",
                             "--json", str(ctx.results / "host" / "host_overhead.json")), NO_INTERPRET)]
 
     def steps_cmds(ctx):
-        return [Command(_py("-m", "torchdist_fast.step_rate", "--device", "cuda",
+        return [Command(_py("-m", "torchdist_fast.tools.step_rate", "--device", "cuda",
                             "--json", str(ctx.results / "steps" / "step_rate.json")), NO_INTERPRET)]
 
     def vae_cmds(ctx):
@@ -180,7 +180,7 @@ def steps_by_name() -> dict:
         Step("bench-bf16", "the full benchmark, bfloat16, 2^0..2^28", 450, bench_cmds("bfloat16"), waits_for=build),
         Step("bench-family", "KL, Independent log_prob, tanh-Normal rows against torch's compositions, float32", 420,
              bench_cmds("float32", ("kl", "event_log_prob", "tanh_rsample_and_log_prob")), waits_for=build),
-        Step("host", "host time per call at batch 256 x 8 (python -m torchdist_fast.host_overhead)", 60, host_cmds),
+        Step("host", "host time per call at batch 256 x 8 (python -m torchdist_fast.tools.host_overhead)", 60, host_cmds),
         Step("steps", "SAC / REINFORCE update steps per second: eager, compile, reduce-overhead", 240, steps_cmds,
              waits_for=build),
         Step("cuda-backend", "kernels/check_compile.py (not fatal) and tests/test_cuda_backend.py with the built extension",
@@ -452,7 +452,7 @@ def _json_table(path: Path, module: str) -> list[str]:
 
     if not path.exists():
         return [f"no {path.name}"]
-    return [importlib.import_module(f"torchdist_fast.{module}").table(json.loads(path.read_text()))]
+    return [importlib.import_module(f"{__package__}.{module}").table(json.loads(path.read_text()))]
 
 
 def _vae_section(path: Path) -> list[str]:
@@ -524,7 +524,7 @@ def describe(plan: str, steps: list, cuda: bool) -> list[str]:
     from . import gpu_estimate
 
     estimates = gpu_estimate.estimates()
-    cmd = "python -m torchdist_fast.gpu_check" + ("" if plan == FIRST_CONTACT else f" --plan {plan}") + " --out DIR"
+    cmd = "python -m torchdist_fast.tools.gpu_check" + ("" if plan == FIRST_CONTACT else f" --plan {plan}") + " --out DIR"
     budget = plan_budget_s(steps)
     est = sum(estimates[s.name][0] for s in steps if not s.background and s.name in estimates)
     lines = [f"$ {cmd}", f"  {'step':13s} {'budget':>7s} {'estimate':>9s}  what"]
@@ -546,7 +546,7 @@ def describe(plan: str, steps: list, cuda: bool) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m torchdist_fast.gpu_check", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m torchdist_fast.tools.gpu_check", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="plans: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in PLANS.items())
                                 + "\nstages: " + "; ".join(f"{s.name}: {s.help}" for s in steps_by_name().values()))

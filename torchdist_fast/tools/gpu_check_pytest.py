@@ -1,6 +1,6 @@
 """pytest plugin of the GPU check: a dtype filter, and a record of the Triton kernel variants a run compiles.
 
-Load it with ``-p torchdist_fast.gpu_check_pytest`` (``python -m torchdist_fast.gpu_check`` does):
+Load it with ``-p torchdist_fast.tools.gpu_check_pytest`` (``python -m torchdist_fast.tools.gpu_check`` does):
 
 ``--kernel-dtypes float32 bfloat16``
     deselect the parametrized tests that take a ``torch.dtype`` parameter outside these dtypes

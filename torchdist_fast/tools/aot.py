@@ -1,6 +1,6 @@
 """Ahead-of-time compile check: every Triton kernel of the package for real GPU targets, no GPU.
 
-``python -m torchdist_fast.aot`` compiles every kernel of the kernel inventory
+``python -m torchdist_fast.tools.aot`` compiles every kernel of the kernel inventory
 (``triton_kernels/inventory.py``) in every variant its launchers pick (dtype, constexprs, num_warps)
 for sm_80 and sm_90 with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))``; the
 1-D elementwise kernels in two specializations: the generic broadcast layout and the contiguous one
@@ -29,7 +29,7 @@ SEED_ARGS = ("seed_lo", "seed_hi", "offset_lo", "offset_hi", "position_in_memory
 def kernel_specs():
     """(name, kernel, [(dtype, constexprs, num_warps)] per variant) for every Triton kernel of the package: the
     kernel inventory (``triton_kernels/inventory.py``), the variants the launchers pick, at their BLOCK sizes."""
-    from .triton_kernels import inventory
+    from ..triton_kernels import inventory
 
     specs: dict = {}
     for m, k in inventory.kernels():
@@ -191,7 +191,7 @@ COUNTS: dict = {}  # of the last compile_all: kernels, variants (kernel x dtype 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m torchdist_fast.aot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m torchdist_fast.tools.aot", description=__doc__.splitlines()[0])
     parser.add_argument("--targets", type=int, nargs="+", default=list(TARGETS), help="compute capabilities (default 80 90)")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--quiet", action="store_true")

@@ -1,4 +1,4 @@
-"""``python -m torchdist_fast.step_rate``: training steps per second of two small policy updates.
+"""``python -m torchdist_fast.tools.step_rate``: training steps per second of two small policy updates.
 
 The RL case where a step is bound by per-call cost, not bandwidth (batch 256, action dim 8):
   * ``sac``: a SAC-style actor update: MLP -> Normal(mu, std) -> rsample, log_prob, tanh
@@ -124,7 +124,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m torchdist_fast.step_rate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m torchdist_fast.tools.step_rate", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--steps", type=int, default=200, help="timed steps per column (default 200)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)

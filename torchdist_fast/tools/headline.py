@@ -1,7 +1,7 @@
 """The README's headline results table, generated from a committed results file.
 
-    python -m torchdist_fast.headline            # print the table
-    python -m torchdist_fast.headline --write    # rewrite it in README.md (between the markers)
+    python -m torchdist_fast.tools.headline            # print the table
+    python -m torchdist_fast.tools.headline --write    # rewrite it in README.md (between the markers)
 
 Source: GPU measurements where a first-contact run has been committed
 (``benchmarks/results/gpu-*/headline.json``, newest first); until then the static cost model's
@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 COST_MODEL_FILE = RESULTS / "cost-model-sm90.json"
 README = ROOT / "README.md"
@@ -84,7 +84,7 @@ def readme_block(text: str) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m torchdist_fast.headline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m torchdist_fast.tools.headline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help="rewrite the table in README.md")
     args = parser.parse_args(argv)
     table = headline()
