@@ -10,6 +10,12 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# Under pytest-xdist each worker takes its share of the cores for torch's intra-op threads: two
+# workers of two threads each on two cores oversubscribe them, and torch's OpenMP threads then
+# spin against each other. Without xdist torch keeps its own default.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 HAS_CUDA = torch.cuda.is_available()
 
 
