@@ -64,8 +64,9 @@ def find_cuda_home() -> str | None:
     return "/usr/local/cuda" if _is_toolkit("/usr/local/cuda") else None
 
 
-def _why_not() -> list[str]:
-    """Reasons the extension cannot be built here (empty when it can)."""
+def _why_not(home: str | None) -> list[str]:
+    """Reasons the extension cannot be built here (empty when it can), ``home`` the CUDA toolkit
+    ``find_cuda_home`` found (or None)."""
     try:
         import torch
     except ImportError as e:
@@ -78,7 +79,6 @@ def _why_not() -> list[str]:
             f"the installed torch {torch.__version__} is a CPU-only build (torch.version.cuda is None), and a CUDA "
             "extension must be compiled and linked against a CUDA build of torch (libtorch_cuda, libc10_cuda)"
         )
-    home = find_cuda_home()
     if not (home and os.path.exists(os.path.join(home, "bin", "nvcc"))):
         reasons.append("nvcc (the CUDA compiler) was not found: it is not on PATH and CUDA_HOME does not hold bin/nvcc")
     return reasons
@@ -88,7 +88,7 @@ def main() -> None:
     home = find_cuda_home()
     if home:  # before torch.utils.cpp_extension is imported: it reads CUDA_HOME once, at import
         os.environ["CUDA_HOME"] = home
-    reasons = _why_not()
+    reasons = _why_not(home)
     if reasons:
         print(
             "setup_cuda.py: cannot build the optional CUDA backend (" + EXTENSION + ") here: "

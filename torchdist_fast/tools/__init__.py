@@ -3,7 +3,8 @@
 Each module is a command (``python -m torchdist_fast.tools.<name>``):
 
 - ``bench``: the comparison runner behind ``python -m torchdist_fast`` and ``benchmarks/``
-  (torch.distributions eager vs torch.compile vs torchdist_fast, one run, ratios);
+  (torch.distributions eager vs torch.compile vs torchdist_fast, one run, ratios), timing calls
+  with ``timing.time_calls`` (CUDA events on a GPU), as ``device_copy`` does;
 - ``headline``: the README's results table, from a committed results file;
 - ``host_overhead``: host time per call of the sampling path, kernels aside;
 - ``step_rate``: training steps per second of two small policy updates;

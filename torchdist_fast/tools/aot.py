@@ -39,24 +39,9 @@ def kernel_specs():
     return list(specs.values())
 
 
-def constexpr_names(kernel) -> list:
-    return [p.name for p in kernel.params if p.is_constexpr]
-
-
-# constexpr flags a variant does not name get the value CUDA launches use (``layout.fast_math``:
-# hardware-approximation transcendentals on CUDA); any other unnamed flag is compiled off
-FLAG_DEFAULTS = {"FAST_MATH": True}
-
-
-def with_default_flags(kernel, constexprs: dict) -> dict:
-    """The variant's constexprs, plus a default for every constexpr flag of the kernel the variant
-    does not name (a flag added to a kernel is compiled in its CUDA state, not skipped)."""
-    return {**{n: FLAG_DEFAULTS.get(n, False) for n in constexpr_names(kernel) if n not in constexprs}, **constexprs}
-
-
 def _signature(kernel, dtype: str, constexprs: dict, contiguous: bool):
     """Triton signature for one dtype; in the contiguous variant sizes and inner strides are 1."""
-    sig, consts, attrs = {}, with_default_flags(kernel, constexprs), {}
+    sig, consts, attrs = {}, dict(constexprs), {}
     for i, name in enumerate(kernel.arg_names):
         if name in consts:
             sig[name] = "constexpr"
@@ -138,8 +123,9 @@ def _ptxas_usage(ptx: str, cap: int) -> str:
     return f"regs={regs.group(1)} spills={spills.group(1)}B"
 
 
-def compile_all(targets=TARGETS, dtypes=tuple(DTYPES.values()), verbose=True) -> list[str]:
-    """Compile every kernel variant; returns the list of failures (empty when all compile)."""
+def compile_all(targets=TARGETS, dtypes=tuple(DTYPES.values()), verbose=True) -> tuple[list[str], dict]:
+    """Compile every kernel variant; returns the failures (empty when all compile) and the counts
+    {kernels, variants (kernel x dtype x constexprs), compiles}."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("the AOT check needs compiled kernels: run it without TRITON_INTERPRET=1")
     import triton
@@ -162,7 +148,7 @@ def compile_all(targets=TARGETS, dtypes=tuple(DTYPES.values()), verbose=True) ->
                 sig, consts, attrs = _signature(kernel, dtype, constexprs, contiguous)
                 for cap in targets:
                     label = f"{name} {dtype} sm_{cap} {'contig' if contiguous else 'strided'} " + \
-                        " ".join(f"{k}={v}" for k, v in with_default_flags(kernel, constexprs).items())
+                        " ".join(f"{k}={v}" for k, v in constexprs.items())
                     t0 = time.perf_counter()
                     compiles += 1
                     try:
@@ -183,11 +169,7 @@ def compile_all(targets=TARGETS, dtypes=tuple(DTYPES.values()), verbose=True) ->
                     if verbose:
                         print(f"ok   {label:60s} warps={compiled.metadata.num_warps} {usage} "
                               f"{_ptx_stats(compiled.asm['ptx'])} ({time.perf_counter() - t0:.2f}s)", flush=True)
-    COUNTS.update(kernels=kernels, variants=variants, compiles=compiles)
-    return failures
-
-
-COUNTS: dict = {}  # of the last compile_all: kernels, variants (kernel x dtype x constexprs), compiles
+    return failures, {"kernels": kernels, "variants": variants, "compiles": compiles}
 
 
 def main(argv=None) -> int:
@@ -196,12 +178,12 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    failures = compile_all(tuple(args.targets), tuple(DTYPES[d] for d in args.dtypes), verbose=not args.quiet)
+    failures, counts = compile_all(tuple(args.targets), tuple(DTYPES[d] for d in args.dtypes), verbose=not args.quiet)
     if failures:
-        print(f"{len(failures)} of {COUNTS['compiles']} compiles failed ({COUNTS['kernels']} kernels, "
-              f"{COUNTS['variants']} variants)", file=sys.stderr)
+        print(f"{len(failures)} of {counts['compiles']} compiles failed ({counts['kernels']} kernels, "
+              f"{counts['variants']} variants)", file=sys.stderr)
         return 1
-    print(f"all kernels compiled: {COUNTS['kernels']} kernels, {COUNTS['variants']} variants, {COUNTS['compiles']} compiles "
+    print(f"all kernels compiled: {counts['kernels']} kernels, {counts['variants']} variants, {counts['compiles']} compiles "
           f"(triton {_triton_version()})")
     return 0
 

@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from .timing import time_calls
+
 OPS = ("sample", "rsample", "log_prob", "rsample_and_log_prob")
 # The Normal family beyond one distribution (opt-in: ``--ops``): KL(Normal(loc, scale) || N(0, 1)),
 # the log_prob of Independent(Normal, 1) over rows of EVENT elements, and SAC's tanh-squashed
@@ -294,24 +296,6 @@ def make_inputs(n: int, device: str, dtype: torch.dtype, mode: str, seed: int):
 def _sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
-
-
-def time_calls(fn, input_sets, device: str, repeats: int):
-    times = []
-    for i in range(repeats):
-        args = input_sets[i % len(input_sets)]
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn(*args)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn(*args)
-            times.append(time.perf_counter() - t0)
-    return times
 
 
 def wall_and_host(fn, input_sets, device: str, repeats: int):
@@ -597,11 +581,8 @@ def _warm_up(fn, device, input_sets) -> None:
     fn(*input_sets[1 % ROTATE])
 
 
-def _measure(fn, cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw, times=None) -> "Result":
-    """One row of an eager implementation; without ``times`` (already warmed up and timed) it warms
-    up and times ``fn`` itself."""
-    if times is None:
-        _warm_up(fn, device, input_sets)
+def _measure(fn, cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw, times) -> "Result":
+    """One row of an eager implementation, from its ``times`` (taken warmed up, interleaved with the other columns)."""
     res = _timings(fn, op, mode, size, device, dtype, input_sets, n_rep, copy_bw, times=times)
     if mode == "fwd+bwd":
         res.saved_bytes_per_element = saved_bytes_per_element(make_fwd(cls, op), input_sets[0][:3], size)
@@ -628,11 +609,9 @@ def _warm_up_compiled(guard: CompileGuard, device, input_sets) -> dict:
 
 
 def _measure_compiled(guard: CompileGuard, cls, op, mode, size, device, dtype, input_sets, n_rep, copy_bw,
-                      warmed=None, times=None) -> "Result":
-    """One row of the compiled column; without ``warmed`` and ``times`` it warms up and times itself."""
+                      warmed, times) -> "Result":
+    """One row of the compiled column, from its warm-up (``_warm_up_compiled``) and its ``times``."""
     fn = guard.work
-    if warmed is None:
-        warmed = _warm_up_compiled(guard, device, input_sets)
     res = _timings(fn, op, mode, size, device, dtype, input_sets, n_rep, copy_bw, warm=warmed["warm_s"], times=times)
     if mode == "fwd+bwd":
         res.saved_bytes_per_element = saved_bytes_per_element(guard._guarded_fwd, input_sets[0][:3], size)
@@ -895,7 +874,7 @@ def summary_markdown(data: dict, path_label: str) -> str:
                          "saved B/el (eager / compile / ours) | Philox on CPU, x eager |")
             lines.append("|---|---|---|---|---|---|---|---|---|")
             for op, mode in combos(ALL_OPS):
-                by_impl = {r["impl"]: r for r in rows if r["size"] == size and r["op"] == op and r["mode"] == mode}
+                by_impl = _by_impl(rows, op, mode, size)
                 if not {"eager", "torchdist_fast"} <= set(by_impl):
                     continue
                 e, o = by_impl["eager"], by_impl["torchdist_fast"]
@@ -923,7 +902,7 @@ def summary_markdown(data: dict, path_label: str) -> str:
                 lines.append("|" + "---|" * (head.count("|") - 1))
                 for op, mode in combos(ALL_OPS):
                     for s in small:
-                        by_impl = {r["impl"]: r for r in rows if r["size"] == s and r["op"] == op and r["mode"] == mode}
+                        by_impl = _by_impl(rows, op, mode, s)
                         if not {"eager", "torchdist_fast"} <= set(by_impl):
                             continue
                         e, o, c = by_impl["eager"], by_impl["torchdist_fast"], by_impl.get("compile")

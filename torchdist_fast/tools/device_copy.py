@@ -36,25 +36,10 @@ def copy(src, dst) -> None:
 
 
 def _best_seconds(fn, repeats: int, device) -> float:
-    import time
-
-    import torch
+    from .timing import time_calls
 
     fn()  # warm-up (compiles the kernel)
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            best = min(best, start.elapsed_time(end) / 1e3)
-        else:
-            t = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t)
-    return best
+    return min(time_calls(fn, [()], device.type, repeats))
 
 
 def bandwidth(device="cuda", nbytes: int = COPY_BYTES, repeats: int = COPY_REPEATS) -> dict:

@@ -36,11 +36,11 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from .gpu_plan import ROOT, Command, Context, PlanRun, Step, skip_reason, step_records
+from .gpu_plan import ROOT, Command, Context, PlanRun, Step, load_records, plan_budget_s, skip_reason, step_records, utc_now
 
 from .gpu_workloads import (  # noqa: F401  (also gpu_check's: the tests and docs name them here)
     PLAN_LIMIT_S, PLAN_DEADLINE_S, BENCH_SIZES, HEADLINE_SIZES,
-    HEADLINE_DTYPES, HEADLINE_OP_MODES, HOST_TIME_SIZES, SILICON_WORKERS,
+    HEADLINE_DTYPES, HEADLINE_OP_MODES, SILICON_WORKERS,
     GRAPHS_WORKERS, SUITE_WORKERS, NCU_SIZE, NCU_METRICS,
     NO_INTERPRET, PYTEST_PLUGIN, SILICON_CASES, SILICON_CANDIDATES,
     SILICON_ALWAYS, GRAPHS_TESTS,
@@ -216,10 +216,6 @@ def plan_steps(names) -> list:
     return [s for n, s in steps.items() if n in wanted]
 
 
-def plan_budget_s(steps) -> float:
-    return sum(s.budget_s for s in steps if not s.background)
-
-
 # ----------------------------------------------------------------------------- summary
 def junit_counts(path: Path) -> dict | None:
     if not path.exists():
@@ -311,6 +307,8 @@ def _fmt_s(s) -> str:
 def _headline_section(folder: Path) -> list[str]:
     """Per dtype: each op at 2^20..2^28 (median time per implementation, ours against eager and
     torch.compile, % of the copy kernel's bandwidth), then the host time per call at 2^8 and 2^12."""
+    from . import bench
+
     paths = sorted(folder.glob("results-*.json"))
     if not paths:
         return ["no results JSON (the step stopped before the benchmark finished: see its log)"]
@@ -321,7 +319,6 @@ def _headline_section(folder: Path) -> list[str]:
     copy_bw = data.get("copy_bandwidth_gbps", {}).get("cuda")
     lines = [f"copy kernel: {copy_bw:.0f} GB/s (the denominator of % of copy)" if copy_bw else "copy bandwidth: not measured", ""]
     refused = {(r["dtype"], r["op"], r["mode"], r["size"]) for r in data.get("refused", [])}
-    host_sizes = {2 ** int(s[2:]) for s in HOST_TIME_SIZES}
     for dtype in dict.fromkeys(r["dtype"] for r in rows):
         head = "| op | mode | N | eager | torch.compile | " + " | ".join(ours) + " | x eager | x compile | % of copy |"
         lines += [f"**{dtype}**", "", head, "|" + "---|" * (head.count("|") - 1)]
@@ -332,7 +329,7 @@ def _headline_section(folder: Path) -> list[str]:
                 if "eager" not in by or "torchdist_fast" not in by:
                     continue
                 o, c = by["torchdist_fast"], by.get("compile")
-                if size in host_sizes:
+                if size <= bench.LATENCY_MAX_SIZE:  # the small-batch rows: host time per call
                     if o.get("host_s") and by["eager"].get("host_s"):
                         host.append(f"| {op} | {mode} | 2^{size.bit_length() - 1} | {_fmt_s(by['eager']['host_s'])} | "
                                     f"{_fmt_s(c.get('host_s')) if c else 'refused'} | {_fmt_s(o['host_s'])} | "
@@ -379,7 +376,7 @@ def write_summary(results: Path) -> Path:
     from . import gpu_estimate
 
     results = Path(results)
-    records = json.loads((results / "stages.json").read_text()) if (results / "stages.json").exists() else {}
+    records = load_records(results)
     plan = records.get("_plan", {})
     steps = step_records(records)
     lines = [f"# GPU check: {plan.get('name', 'stages')}", ""]
@@ -401,7 +398,8 @@ def write_summary(results: Path) -> Path:
     lines.append("")
     sections = {
         "build": ("The CUDA extension build", lambda: [
-            f"built out of tree: {steps['build'].get('provides', {}).get('TORCHDIST_FAST_CUDA_BACKEND_DIR')}"]),
+            f"built out of tree: {steps['build'].get('provides', {}).get('TORCHDIST_FAST_CUDA_BACKEND_DIR')}"]
+            if steps["build"]["status"] == "ok" else []),
         "silicon": ("Silicon correctness", lambda: _junit_lines(results / "silicon" / "junit.xml")
                     + _variant_lines(results / "silicon" / "variants.json", "silicon")),
         "headline": ("Headline speed (median of interleaved repeats, CUDA events)", lambda: _headline_section(results / "headline")),
@@ -421,11 +419,10 @@ def write_summary(results: Path) -> Path:
         if not ran:
             continue
         lines += [f"## {title}", ""]
-        if not (key == "build" and steps[key]["status"] != "ok"):
-            try:
-                lines += body()
-            except (OSError, ValueError, KeyError, TypeError, ET.ParseError) as exc:
-                lines.append(f"could not read the results: {type(exc).__name__}: {exc}")
+        try:
+            lines += body()
+        except (OSError, ValueError, KeyError, TypeError, ET.ParseError) as exc:
+            lines.append(f"could not read the results: {type(exc).__name__}: {exc}")
         for k in ran:
             if steps[k]["status"] in ("failed", "timeout"):
                 lines += ["", f"{k}: {steps[k]['status']}; the end of `logs/{k}.log`:", *_log_tail(results / "logs" / f"{k}.log")]
@@ -499,7 +496,7 @@ def workload_env(results: Path) -> dict:
     except ImportError:
         triton_version = None
     cuda = torch.cuda.is_available()
-    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    env = {"date": utc_now(),
            "python": platform.python_version(), "torch": torch.__version__, "triton": triton_version,
            "cuda": torch.version.cuda, "device": torch.cuda.get_device_name() if cuda else None,
            "capability": list(torch.cuda.get_device_capability()) if cuda else None,

@@ -181,14 +181,6 @@ def merge_records(paths) -> dict:
     return {"launches": dict(sorted(launches.items())), "collected": list(collected)}
 
 
-def variants_by_file(record: dict) -> dict:
-    """{test file: number of distinct compile keys its tests launched}."""
-    keys: dict = {}
-    for test, launched in record["launches"].items():
-        keys.setdefault(test.split("::")[0], set()).update(launched)
-    return {f: len(k) for f, k in sorted(keys.items())}
-
-
 def distinct_variants(record: dict) -> int:
     return len({k for launched in record["launches"].values() for k in launched})
 

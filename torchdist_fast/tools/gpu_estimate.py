@@ -169,20 +169,22 @@ def interpreted_env() -> dict:
     return {**os.environ, "TRITON_INTERPRET": "1"}
 
 
+def compiled_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
 def count_workload(name: str) -> dict:
     """``count_workload_here`` in a fresh interpreted process."""
-    res = subprocess.run([sys.executable, "-m", "torchdist_fast.tools.gpu_estimate", "--count-workload", name],
-                         capture_output=True, text=True, env=interpreted_env(), cwd=ROOT, timeout=1800)
-    if res.returncode != 0:
-        raise RuntimeError(f"counting {name} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    return _run_json(["--count-workload", name], interpreted_env(), what=f"counting {name}")
 
 
 def count_tests(selection, *pytest_args, workers: int = 0, collect_only: bool = False) -> dict:
     """The variant record (``gpu_check_pytest``) of running (or collecting) ``selection`` under the interpreter."""
+    from . import gpu_workloads
+
     with tempfile.TemporaryDirectory() as tmp:
         record = Path(tmp) / "variants.json"
-        argv = [sys.executable, "-m", "pytest", *selection, "-q", "-p", "no:cacheprovider", "-p", "torchdist_fast.tools.gpu_check_pytest",
+        argv = [sys.executable, "-m", "pytest", *selection, "-q", "-p", "no:cacheprovider", "-p", gpu_workloads.PYTEST_PLUGIN,
                 "--record-kernel-variants", str(record), *pytest_args]
         if collect_only:
             argv.append("--collect-only")
@@ -322,11 +324,12 @@ def measure_compile_here() -> dict:
                    "start); measured on this machine, which was shared and loaded: CPU time, not wall time"}
 
 
-def _run_json(flag: str, env: dict) -> dict:
-    res = subprocess.run([sys.executable, "-m", "torchdist_fast.tools.gpu_estimate", flag], capture_output=True, text=True,
-                         env=env, cwd=ROOT, timeout=1800)
+def _run_json(args: list, env: dict, what: str) -> dict:
+    """The JSON last line of ``python -m torchdist_fast.tools.gpu_estimate ARGS`` in a fresh process."""
+    res = subprocess.run([sys.executable, "-m", "torchdist_fast.tools.gpu_estimate", *args],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
     if res.returncode != 0:
-        raise RuntimeError(f"{flag} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -335,9 +338,7 @@ def measured_compile() -> dict:
     from .cost_model import triton_key
 
     with tempfile.TemporaryDirectory() as cache:
-        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-        env["TRITON_CACHE_DIR"] = cache
-        measured = _run_json("--measure-compile", env)
+        measured = _run_json(["--measure-compile"], {**compiled_env(), "TRITON_CACHE_DIR": cache}, what="--measure-compile")
     return {triton_key(measured["triton"]): measured}
 
 
@@ -357,8 +358,8 @@ IMPORT_PROBE = ("import resource\n"
 
 def measure_import() -> float:
     """CPU seconds a fresh Python takes to import torch, triton and torchdist_fast (a step's start)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    res = subprocess.run([sys.executable, "-c", IMPORT_PROBE], capture_output=True, text=True, env=compiled_env(), cwd=ROOT,
+                         timeout=600)
     if res.returncode != 0:
         raise RuntimeError(f"the import probe failed:\n{res.stderr[-3000:]}")
     return float(res.stdout.strip().splitlines()[-1])
@@ -443,19 +444,19 @@ def lpt_makespan(jobs, workers: int) -> float:
     return max(loads)
 
 
-def _bench_run_s(a: dict, dtypes, op_modes, sizes, impls: int) -> float:
+def _bench_run_s(av: dict, dtypes, op_modes, sizes, impls: int) -> float:
     """The timed part of ``bench`` rows: calls x bytes that must move / (assumed bandwidth), the
     implementations slowed by their assumed factors, plus a fixed cost per row (profiling, syncs)."""
     from . import bench
 
     itemsize = {"float32": 4, "bfloat16": 2, "float64": 8, "float16": 2}
-    factors = a["bench_impl_traffic_factors"]["value"][:impls]
+    factors = av["bench_impl_traffic_factors"][:impls]
     total = 0.0
     for dtype in dtypes:
         for op, mode in op_modes:
             for n in sizes:
-                call = bench.BYTES_PER_ELEMENT[(op, mode)] * n * itemsize[dtype] / a["gpu_bandwidth_Bps"]["value"]
-                total += a["bench_calls_per_row"]["value"] * call * sum(factors) + impls * a["bench_row_overhead_s"]["value"]
+                call = bench.BYTES_PER_ELEMENT[(op, mode)] * n * itemsize[dtype] / av["gpu_bandwidth_Bps"]
+                total += av["bench_calls_per_row"] * call * sum(factors) + impls * av["bench_row_overhead_s"]
     return total
 
 
@@ -464,9 +465,8 @@ def estimates(data: dict | None = None) -> dict:
     from . import bench, gpu_workloads
 
     data = data or load()
-    a = {k: v for k, v in data["assumed"].items()}
     c, t = data["counts"], compile_seconds(data)
-    av = {k: v["value"] for k, v in a.items()}
+    av = {k: v["value"] for k, v in data["assumed"].items()}
     start = data["import_cpu_s"] + av["cuda_start_s"]
     first = av["triton_cold_start_s"]
     graph_s = av["inductor_graph_s"]
@@ -498,7 +498,7 @@ def estimates(data: dict | None = None) -> dict:
     h = c["headline"]
     op_modes = [bench.parse_op_mode(m) for m in gpu_workloads.HEADLINE_OP_MODES]
     sizes = [2 ** int(x[2:]) for x in gpu_workloads.HEADLINE_SIZES]
-    run = _bench_run_s(a, gpu_workloads.HEADLINE_DTYPES, op_modes, sizes, impls=4)
+    run = _bench_run_s(av, gpu_workloads.HEADLINE_DTYPES, op_modes, sizes, impls=4)
     graphs = sum(graph_s[m] for m in h["compiled_graph_modes"])
     out["headline"] = (start + first + h["variants"] * t + graphs + run + av["copy_measure_s"],
                        f"start {start + first:.0f} s + {h['variants']} variants x {t:.2f} s + {h['compiled_graphs']} "
@@ -521,10 +521,10 @@ def estimates(data: dict | None = None) -> dict:
                         f"{av['test_call_s']} s + {full['compiled_graphs']} graphs x {graph_s['fwd+bwd']} s) / {wk}")
     serial("memcheck", c["memcheck"]["variants"], run=av["memcheck_run_s"])
     serial("ncu", c["ncu"]["variants"], run=av["ncu_run_s"])
+    sizes = [2 ** int(x[2:]) for x in gpu_workloads.BENCH_SIZES]
     for name, dtype, ops in (("bench-fp32", "float32", bench.OPS), ("bench-bf16", "bfloat16", bench.OPS),
                              ("bench-family", "float32", bench.FAMILY_OPS)):
-        sizes = [2**k for k in range(0, 29, 2)]
-        run = _bench_run_s(a, (dtype,), bench.combos(ops), sizes, impls=4) + av["copy_measure_s"]
+        run = _bench_run_s(av, (dtype,), bench.combos(ops), sizes, impls=4) + av["copy_measure_s"]
         serial(name, c[name]["variants"], graphs=c[name]["compiled_graphs"], run=run)
     serial("host", 0, run=av["host_run_s"])
     serial("steps", 0, graphs=c["steps"]["compiled_graphs"], run=av["steps_run_s"])
@@ -532,17 +532,6 @@ def estimates(data: dict | None = None) -> dict:
     serial("vae", 0, run=av["vae_run_s"])
     out["install"] = (av["install_s"], f"assumed {av['install_s']} s")
     return out
-
-
-def check_current(data: dict | None = None) -> list:
-    """Why the committed counts may be stale ([] when they are current): the fingerprint, recomputed."""
-    data = data or load()
-    now = fingerprint(collect_candidates())
-    if now != data["fingerprint"]:
-        return [f"gpu_check_data.json was counted for fingerprint {data['fingerprint']}, the code is now {now}: "
-                "run `python -m torchdist_fast.tools.gpu_estimate --recount` and commit gpu_check_data.json and "
-                "gpu_check_silicon_cases.txt"]
-    return []
 
 
 def main(argv=None) -> int:

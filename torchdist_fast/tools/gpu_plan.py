@@ -61,7 +61,6 @@ class Context:
     """Where a step's commands write: ``results`` is archived, ``scratch`` (builds, caches) is not."""
     results: Path
     scratch: Path
-    env: dict = field(default_factory=dict)  # what finished background steps provide
 
 
 @dataclass
@@ -75,7 +74,6 @@ class Step:
     background: bool = False
     waits_for: tuple = ()  # names of background steps whose result this step uses when they finished ok
     provides_env: Callable | None = None  # (Context) -> dict, for the steps that wait for this one
-    files: tuple = ()  # what the step writes in the results folder (for the dry run)
 
 
 def skip_reason(step: Step, cuda: bool) -> str | None:
@@ -100,8 +98,15 @@ def trim_log(path: Path, limit: int = MAX_LOG_BYTES) -> None:
     path.write_bytes(head + f"\n... [{len(data) - len(head) - len(tail)} bytes cut] ...\n".encode() + tail)
 
 
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+def plan_budget_s(steps) -> float:
+    """The budget of a plan: its steps' budgets, background steps aside (they run beside the others)."""
+    return sum(s.budget_s for s in steps if not s.background)
+
+
+def load_records(results: Path) -> dict:
+    """stages.json of a results folder ({} when there is none yet)."""
+    path = Path(results) / "stages.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def pack(results: Path, archive: Path, top: str, limit: int = MAX_ARCHIVE_BYTES) -> dict:
@@ -148,8 +153,7 @@ class PlanRun:
         self.estimates = estimates or {}
         self.t0 = time.monotonic()
         self.deadline = self.t0 + deadline_s if deadline_s else None
-        self.records = self._load_records()
-        self.env: dict = {}
+        self.records = load_records(self.results)
         self._lock = threading.RLock()
         self._threads: dict = {}
         self._procs: set = set()
@@ -157,10 +161,6 @@ class PlanRun:
         self.packed: dict = {}
 
     # -------------------------------------------------------------------- records and outputs
-    def _load_records(self) -> dict:
-        path = self.results / "stages.json"
-        return json.loads(path.read_text()) if path.exists() else {}
-
     def checkpoint(self) -> None:
         """stages.json, summary.md and the archive, as they stand now."""
         with self._lock:
@@ -229,7 +229,7 @@ class PlanRun:
         return ("ok", None) if proc.returncode == 0 else ("failed", f"exit status {proc.returncode}: {cmd.shell()}")
 
     def run_step(self, step: Step) -> dict:
-        ctx = Context(self.results, self.scratch, dict(self.env))
+        ctx = Context(self.results, self.scratch)
         reason = skip_reason(step, self.cuda)
         with self._lock:
             self.records[step.name] = {}  # nothing kept from an earlier run into the same folder
@@ -250,7 +250,7 @@ class PlanRun:
         (self.results / "logs").mkdir(parents=True, exist_ok=True)
         if threading.current_thread() is threading.main_thread():
             self.checkpoint()  # the archive says which step was running if the whole run is stopped
-        env = dict(self.env)
+        env = {}
         notes = []
         for name in step.waits_for:  # inside this step's own budget
             thread = self._threads.get(name)
@@ -313,7 +313,7 @@ class PlanRun:
         self.results.mkdir(parents=True, exist_ok=True)
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.records["_plan"] = {"name": self.name, "started": utc_now(), "steps": [s.name for s in self.steps],
-                                 "budget_s": sum(s.budget_s for s in self.steps if not s.background),
+                                 "budget_s": plan_budget_s(self.steps),
                                  "deadline_s": None if self.deadline is None else round(self.deadline - self.t0, 1)}
         for step in self.steps:  # every step is listed as not run until it starts
             self.records.setdefault(step.name, {"status": "not run", "reason": None, "seconds": None,

@@ -11,7 +11,6 @@ BENCH_SIZES = [f"2^{k}" for k in range(0, 29, 2)]
 HEADLINE_SIZES = ["2^8", "2^12", "2^20", "2^24", "2^28"]
 HEADLINE_DTYPES = ("float32", "bfloat16")
 HEADLINE_OP_MODES = ("randn:fwd", "rsample:fwd", "log_prob:fwd+bwd", "rsample_and_log_prob:fwd+bwd")
-HOST_TIME_SIZES = ("2^8", "2^12")  # the headline's small-batch rows: host time per call
 SILICON_WORKERS = 8         # pytest-xdist workers (the GPU machines have 16 cores; the build takes some)
 GRAPHS_WORKERS = 4
 SUITE_WORKERS = 8
@@ -147,6 +146,3 @@ def workload_ncu(device: str = "cuda", n: int = NCU_SIZE) -> None:
     one_pass()
     if device == "cuda":
         torch.cuda.profiler.stop()
-
-
-# ----------------------------------------------------------------------------- CLI

@@ -17,7 +17,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
-COST_MODEL_FILE = RESULTS / "cost-model-sm90.json"
 README = ROOT / "README.md"
 START, END = "<!-- headline:start -->", "<!-- headline:end -->"
 
@@ -74,7 +73,9 @@ def headline() -> str:
     if measured:
         path = measured[0]
         return measured_table(json.loads(path.read_text()), path.relative_to(ROOT).as_posix())
-    return predicted_table(json.loads(COST_MODEL_FILE.read_text()), COST_MODEL_FILE.relative_to(ROOT).as_posix())
+    from .cost_model import RESULTS_JSON
+
+    return predicted_table(json.loads(RESULTS_JSON.read_text()), RESULTS_JSON.relative_to(ROOT).as_posix())
 
 
 def readme_block(text: str) -> str:

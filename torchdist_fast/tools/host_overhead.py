@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import os
-import pkgutil
 import platform
 import sys
 import time
@@ -46,16 +44,12 @@ def _no_op(*args, **kwargs):
 
 @contextlib.contextmanager
 def no_kernel_launches():
-    """Every ``*_kernel`` of ``torchdist_fast.triton_kernels`` replaced by ``_NoLaunch``."""
-    from .. import triton_kernels
+    """Every kernel of the inventory (``triton_kernels/inventory.py``) replaced by ``_NoLaunch``."""
+    from ..triton_kernels import inventory
 
-    saved = []
-    for info in pkgutil.iter_modules(triton_kernels.__path__):
-        mod = importlib.import_module(f"{triton_kernels.__name__}.{info.name}")
-        for name, value in list(vars(mod).items()):
-            if name.endswith("_kernel") and hasattr(value, "fn"):  # a JITFunction / InterpretedFunction
-                saved.append((mod, name, value))
-                setattr(mod, name, _NoLaunch())
+    saved = [(inventory.module(m), k, getattr(inventory.module(m), k)) for m, k in inventory.kernels()]
+    for mod, name, _ in saved:
+        setattr(mod, name, _NoLaunch())
     try:
         yield
     finally:

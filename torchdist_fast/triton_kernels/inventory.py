@@ -51,14 +51,6 @@ class KernelVariant:
     num_warps: int
     cases: tuple          # labels of the launch cases that pick it
 
-    @property
-    def name(self) -> str:
-        """The kernel's short name: ``_philox_randn_kernel`` -> ``philox_randn``."""
-        return short_name(self.kernel)
-
-    def fn(self):
-        return getattr(importlib.import_module(f"{__package__}.{self.module}"), self.kernel)
-
 
 def short_name(kernel: str) -> str:
     return kernel.strip("_").removesuffix("_kernel")
